@@ -1,0 +1,262 @@
+//! Rendering the Envoy configuration from the one template, and running a
+//! real Envoy with the built filter: free ports, readiness, logs, and a
+//! process that dies with its owner.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::client;
+use crate::tokens::Error;
+
+/// The repository root (the parent of `devstack/`).
+pub fn repo_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// The built filter: `$ERP_EDGE_WASM`, or the release build in `target/`.
+pub fn wasm_path() -> PathBuf {
+    std::env::var_os("ERP_EDGE_WASM").map_or_else(
+        || repo_root().join("target/wasm32-unknown-unknown/release/erp_edge_validator.wasm"),
+        PathBuf::from,
+    )
+}
+
+/// The Envoy binary: `$ENVOY_BIN`, or the project venv's.
+pub fn envoy_bin() -> PathBuf {
+    std::env::var_os("ENVOY_BIN").map_or_else(|| repo_root().join(".venv/bin/envoy"), PathBuf::from)
+}
+
+/// The filter configuration shipped in `envoy/filter-config.json`.
+pub fn shipped_filter_config() -> Result<Value, Error> {
+    let path = repo_root().join("envoy/filter-config.json");
+    Ok(serde_json::from_slice(
+        &fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?,
+    )?)
+}
+
+/// JSON merge patch (RFC 7386): objects merge, `null` deletes, anything
+/// else replaces.
+pub fn merge(base: &mut Value, patch: &Value) {
+    match (base, patch) {
+        (Value::Object(base), Value::Object(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    base.remove(key);
+                } else {
+                    merge(base.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        (base, patch) => *base = patch.clone(),
+    }
+}
+
+/// Where everything listens and where the filter is.
+#[derive(Debug, Clone)]
+pub struct Placeholders {
+    pub bind_address: String,
+    pub listen_port: u16,
+    pub admin_port: u16,
+    pub upstream_host: String,
+    pub upstream_port: u16,
+    pub identity_host: String,
+    pub identity_port: u16,
+    pub wasm_path: String,
+}
+
+/// Fills `envoy/envoy.template.yaml`.
+pub fn render(placeholders: &Placeholders, filter_config: &Value) -> Result<String, Error> {
+    let path = repo_root().join("envoy/envoy.template.yaml");
+    let template = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // A JSON string is a valid YAML double-quoted scalar.
+    let config_literal = serde_json::to_string(&filter_config.to_string())?;
+    let p = placeholders;
+    let rendered = template
+        .replace("{{bind_address}}", &p.bind_address)
+        .replace("{{listen_port}}", &p.listen_port.to_string())
+        .replace("{{admin_port}}", &p.admin_port.to_string())
+        .replace("{{upstream_host}}", &p.upstream_host)
+        .replace("{{upstream_port}}", &p.upstream_port.to_string())
+        .replace("{{identity_host}}", &p.identity_host)
+        .replace("{{identity_port}}", &p.identity_port.to_string())
+        .replace("{{wasm_path}}", &p.wasm_path)
+        .replace("{{filter_config}}", &config_literal);
+    if let Some(at) = rendered.find("{{") {
+        let rest = &rendered[at..];
+        let name = rest.split("}}").next().unwrap_or(rest);
+        return Err(format!("template placeholder {name}}} has no value").into());
+    }
+    Ok(rendered)
+}
+
+/// How to run Envoy.
+#[derive(Debug, Clone)]
+pub struct EnvoyOptions {
+    /// Worker threads (`--concurrency`).
+    pub concurrency: u32,
+    /// Envoy's log level; the filter (`wasm` component) logs at `debug`.
+    pub log_level: String,
+}
+
+impl Default for EnvoyOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 1,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// A running Envoy. Dropping it stops the process.
+pub struct Envoy {
+    child: Option<Child>,
+    dir: PathBuf,
+    pub admin: SocketAddr,
+    pub listener: SocketAddr,
+}
+
+static STARTED: AtomicU32 = AtomicU32::new(0);
+
+impl Envoy {
+    /// Starts Envoy with this configuration and waits until it serves.
+    /// When Envoy refuses the configuration, the error holds its log.
+    pub fn start(yaml: &str, options: &EnvoyOptions) -> Result<Self, Error> {
+        let bin = envoy_bin();
+        if !bin.exists() {
+            return Err(format!(
+                "{} not found: run `make venv` (or set ENVOY_BIN)",
+                bin.display()
+            )
+            .into());
+        }
+        let n = STARTED.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("erp-edge-envoy-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        fs::write(dir.join("envoy.yaml"), yaml)?;
+        let log = fs::File::create(dir.join("envoy.log"))?;
+        let mut command = Command::new(&bin);
+        command
+            .arg("-c")
+            .arg(dir.join("envoy.yaml"))
+            .arg("--concurrency")
+            .arg(options.concurrency.to_string())
+            .arg("--log-level")
+            .arg(&options.log_level)
+            .arg("--component-log-level")
+            .arg("wasm:debug")
+            .arg("--disable-hot-restart")
+            .arg("--admin-address-path")
+            .arg(dir.join("admin.txt"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // Envoy dies with the thread that started it, even if a test aborts.
+        // SAFETY: prctl is async-signal-safe and touches no Rust state.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command.spawn()?;
+        let mut envoy = Envoy {
+            child: Some(child),
+            dir,
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listener: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        envoy.wait_ready()?;
+        Ok(envoy)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), Error> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    self.child = None;
+                    return Err(
+                        format!("Envoy exited ({status}) during start:\n{}", self.log()).into(),
+                    );
+                }
+            }
+            if let Some(admin) = fs::read_to_string(self.dir.join("admin.txt"))
+                .ok()
+                .and_then(|a| a.trim().parse().ok())
+            {
+                self.admin = admin;
+                if let Ok(r) = client::request(admin, "GET", "/ready", &[], b"") {
+                    if r.status == 200 {
+                        self.listener = self.find_listener()?;
+                        return Ok(());
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("Envoy did not become ready in 60 s:\n{}", self.log()).into())
+    }
+
+    fn find_listener(&self) -> Result<SocketAddr, Error> {
+        let listeners =
+            client::request(self.admin, "GET", "/listeners?format=json", &[], b"")?.json();
+        let address = &listeners["listener_statuses"][0]["local_address"]["socket_address"];
+        let ip = address["address"].as_str().ok_or("no listener address")?;
+        let port = address["port_value"].as_u64().ok_or("no listener port")?;
+        Ok(format!("{ip}:{port}").parse()?)
+    }
+
+    /// Everything Envoy logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+
+    /// A counter or gauge from the admin `/stats` page.
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        let stats = client::request(
+            self.admin,
+            "GET",
+            &format!("/stats?filter=^{name}$"),
+            &[],
+            b"",
+        )
+        .ok()?;
+        stats.text().lines().find_map(|l| {
+            l.strip_prefix(&format!("{name}: "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+    }
+
+    /// Stops Envoy and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- last lines of the Envoy log ({}):", self.dir.display());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The world around the filter, for tests and `make run`: an ERP.net
+//! identity service emulator, an echo upstream standing in for the Domain
+//! API, and a harness that renders the Envoy configuration and runs Envoy.
+//! Never compiled into the filter.
+
+pub mod client;
+pub mod echo;
+pub mod envoy;
+pub mod idp;
+pub mod server;
+pub mod stack;
+pub mod tokens;

@@ -1,0 +1,161 @@
+//! Signing keys and JWT minting, honest and hostile.
+//!
+//! The emulator issues tokens with these; tests use them directly to build
+//! every malformed variant a careful verifier must refuse.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use rsa::pkcs1v15::SigningKey as Pkcs1SigningKey;
+use rsa::pkcs8::{EncodePublicKey, LineEnding};
+use rsa::signature::{SignatureEncoding, Signer};
+use rsa::traits::PublicKeyParts;
+use rsa::RsaPrivateKey;
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+/// Issuer the emulator puts in `iss`, and the filter configurations accept.
+pub const ISSUER: &str = "https://idp.erp.test/id";
+/// Audiences an ERP.net access token carries.
+pub const AUDIENCES: &[&str] = &["DomainAPI", "TableAPI", "OLAP", "AppServer"];
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// An RSA signing key with its `kid`.
+#[derive(Clone)]
+pub struct SigningKey {
+    pub kid: String,
+    private: RsaPrivateKey,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SigningKey({}, {} bits)",
+            self.kid,
+            self.private.size() * 8
+        )
+    }
+}
+
+impl SigningKey {
+    /// A fresh key. 2048 bits for real keys; smaller only to test refusal.
+    pub fn generate(kid: &str, bits: usize) -> Result<Self, Error> {
+        let private = RsaPrivateKey::new(&mut rand::rngs::OsRng, bits)?;
+        Ok(Self {
+            kid: kid.to_owned(),
+            private,
+        })
+    }
+
+    /// The public half as a JWK (`use: sig`, `alg: RS256`).
+    pub fn jwk(&self) -> Value {
+        let public = self.private.to_public_key();
+        json!({
+            "kty": "RSA",
+            "use": "sig",
+            "alg": "RS256",
+            "kid": self.kid,
+            "n": URL_SAFE_NO_PAD.encode(public.n().to_bytes_be()),
+            "e": URL_SAFE_NO_PAD.encode(public.e().to_bytes_be()),
+        })
+    }
+
+    /// The public key as PEM: what an HS256 key-confusion attack uses as secret.
+    pub fn public_pem(&self) -> Result<String, Error> {
+        Ok(self
+            .private
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)?)
+    }
+
+    fn sign_rs256(&self, message: &[u8]) -> Vec<u8> {
+        Pkcs1SigningKey::<Sha256>::new(self.private.clone())
+            .sign(message)
+            .to_vec()
+    }
+}
+
+/// A JWKS document of these keys.
+pub fn jwks<'a>(keys: impl IntoIterator<Item = &'a SigningKey>) -> Value {
+    json!({ "keys": keys.into_iter().map(SigningKey::jwk).collect::<Vec<_>>() })
+}
+
+fn signing_input(header: &Value, claims: &Value) -> String {
+    format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    )
+}
+
+/// Signs `header.claims` with RS256, whatever the header says.
+pub fn sign(header: &Value, claims: &Value, key: &SigningKey) -> String {
+    let input = signing_input(header, claims);
+    let signature = key.sign_rs256(input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+/// Signs with HMAC-SHA256 under `secret` (the key-confusion attack).
+pub fn sign_hs256(header: &Value, claims: &Value, secret: &[u8]) -> Result<String, Error> {
+    let input = signing_input(header, claims);
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret)?;
+    mac.update(input.as_bytes());
+    Ok(format!(
+        "{input}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    ))
+}
+
+/// `alg: none` with an empty signature.
+pub fn unsigned(header: &Value, claims: &Value) -> String {
+    format!("{}.", signing_input(header, claims))
+}
+
+/// The JOSE header ERP.net puts on access tokens.
+pub fn header(kid: &str) -> Value {
+    json!({"alg": "RS256", "kid": kid, "typ": "at+jwt"})
+}
+
+/// Claims shaped like an ERP.net client-credentials access token.
+pub fn claims(now: u64, scopes: &[&str]) -> Value {
+    json!({
+        "nbf": now,
+        "iat": now,
+        "exp": now + 3600,
+        "iss": ISSUER,
+        "aud": AUDIENCES,
+        "client_id": "my.trusted.app/first",
+        "client_system_user": "p.kostov@erp.bg",
+        "client_system_user_type": "Internal",
+        "client_db": "E1_DEV",
+        "jti": random_hex(16),
+        "scope": scopes,
+    })
+}
+
+/// Flips one bit in the signature part of a JWT.
+pub fn flip_signature_byte(token: &str) -> String {
+    let (input, signature) = token.rsplit_once('.').unwrap_or((token, ""));
+    let mut bytes = URL_SAFE_NO_PAD.decode(signature).unwrap_or_default();
+    if let Some(b) = bytes.get_mut(10) {
+        *b ^= 0x01;
+    }
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// `n` random bytes as upper-case hex.
+pub fn random_hex(n: usize) -> String {
+    use rand::RngCore;
+    let mut bytes = vec![0u8; n];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

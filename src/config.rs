@@ -1,0 +1,447 @@
+//! Plugin configuration: the JSON an operator puts in Envoy's `configuration`.
+//!
+//! Every field has its default written where it is declared, unknown fields
+//! are refused, and [`Config::from_json`] names the field that is wrong. The
+//! README's configuration reference is this list.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::jwks::KeySet;
+use crate::policy::{Policy, RouteRule, UnmatchedRoutes};
+
+/// Algorithms the verifier can use. HMAC and `none` are deliberately absent:
+/// an edge filter holding a shared secret defeats asymmetric signing.
+pub const SUPPORTED_ALGORITHMS: &[&str] = &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"];
+
+/// The configuration as written by the operator.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `realm` in every `WWW-Authenticate` challenge. Default `"erp-domain-api"`.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    /// Accepted `iss` values, compared exactly. Required, at least one.
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values, compared exactly; a token passes when any of its
+    /// audiences is listed. Required, at least one.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Signature algorithms accepted. Default `["RS256"]` (ERP.net signs RS256).
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Leeway for `exp` and `nbf`, in seconds. Default 60; at most 600.
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_seconds: u64,
+    /// Require the JOSE header `typ` to be `at+jwt` (RFC 9068). Default true.
+    #[serde(default = "default_true")]
+    pub require_at_jwt_typ: bool,
+    /// Longest credential accepted, in bytes. Default 8192; 256 to 65536.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// Signing keys inline, as a JWKS document (`{"keys": [...]}`).
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    /// Ordered route rules; the first match decides. Required, at least one.
+    #[serde(default)]
+    pub routes: Vec<RouteRule>,
+    /// What happens to a request no rule matches: `"deny"` (default, 403) or
+    /// `"authenticated"` (any valid credential, no scope needed).
+    #[serde(default)]
+    pub unmatched_routes: UnmatchedRoutes,
+    /// Headers that carry an API key besides `Authorization`.
+    /// Default `["x-api-key", "api-key"]`.
+    #[serde(default = "default_api_key_headers")]
+    pub api_key_headers: Vec<String>,
+    /// Names of the identity headers sent upstream.
+    #[serde(default)]
+    pub identity_headers: IdentityHeaders,
+    /// Remove the credential header before forwarding an allowed request.
+    /// Default false: the Domain API checks the token again.
+    #[serde(default)]
+    pub strip_credential: bool,
+}
+
+/// Names of the headers the filter sets on allowed requests. Copies sent by
+/// the client are removed from every request, allowed or not.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityHeaders {
+    /// `client_id` of the token. Default `x-erp-client-id`.
+    pub client_id: String,
+    /// `sub` (the user) when the token has one. Default `x-erp-subject`.
+    pub subject: String,
+    /// Granted scopes, space-separated. Default `x-erp-scopes`.
+    pub scopes: String,
+    /// `client_db` (the ERP.net database). Default `x-erp-client-db`.
+    pub client_db: String,
+    /// `client_system_user`. Default `x-erp-system-user`.
+    pub system_user: String,
+    /// `jwt`, `reference-user` or `reference-service`. Default `x-erp-token-kind`.
+    pub token_kind: String,
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        Self {
+            client_id: "x-erp-client-id".into(),
+            subject: "x-erp-subject".into(),
+            scopes: "x-erp-scopes".into(),
+            client_db: "x-erp-client-db".into(),
+            system_user: "x-erp-system-user".into(),
+            token_kind: "x-erp-token-kind".into(),
+        }
+    }
+}
+
+impl IdentityHeaders {
+    /// All names, in a fixed order.
+    pub fn names(&self) -> [&str; 6] {
+        [
+            &self.client_id,
+            &self.subject,
+            &self.scopes,
+            &self.client_db,
+            &self.system_user,
+            &self.token_kind,
+        ]
+    }
+}
+
+fn default_realm() -> String {
+    "erp-domain-api".into()
+}
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into()]
+}
+fn default_clock_skew() -> u64 {
+    60
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_token_bytes() -> usize {
+    8192
+}
+fn default_api_key_headers() -> Vec<String> {
+    vec!["x-api-key".into(), "api-key".into()]
+}
+
+/// A configuration problem, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the field, e.g. `routes[2].methods`.
+    pub field: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "field `{}`: {}", self.field, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The validated configuration, prepared once and shared by every request.
+#[derive(Debug)]
+pub struct Config {
+    pub realm: String,
+    pub issuers: Vec<String>,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<String>,
+    pub clock_skew_seconds: u64,
+    pub require_at_jwt_typ: bool,
+    pub max_token_bytes: usize,
+    /// Keys from the inline `jwks` field.
+    pub inline_keys: KeySet,
+    pub policy: Policy,
+    /// Lower-cased API-key header names.
+    pub api_key_headers: Vec<String>,
+    /// Lower-cased identity header names.
+    pub identity_headers: IdentityHeaders,
+    pub strip_credential: bool,
+}
+
+impl Config {
+    /// Parses and validates the plugin configuration.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| serde_error(&e))?;
+        raw.validate()
+    }
+}
+
+/// serde_json names unknown fields and type errors in its message; keep it,
+/// and point at the whole document as the field when it gives no better hint.
+fn serde_error(e: &serde_json::Error) -> ConfigError {
+    let message = e.to_string();
+    let field = message
+        .split('`')
+        .nth(1)
+        .filter(|_| message.starts_with("unknown field") || message.starts_with("missing field"))
+        .unwrap_or("configuration");
+    ConfigError::new(field, message.clone())
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+impl RawConfig {
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        if self.realm.is_empty() || self.realm.contains(['"', '\\']) || !is_visible(&self.realm) {
+            return Err(ConfigError::new(
+                "realm",
+                "must be non-empty printable ASCII without quotes or backslashes",
+            ));
+        }
+        non_empty_strings("issuers", &self.issuers)?;
+        non_empty_strings("audiences", &self.audiences)?;
+        if self.algorithms.is_empty() {
+            return Err(ConfigError::new(
+                "algorithms",
+                "must list at least one algorithm",
+            ));
+        }
+        for (i, alg) in self.algorithms.iter().enumerate() {
+            if !SUPPORTED_ALGORITHMS.contains(&alg.as_str()) {
+                return Err(ConfigError::new(
+                    format!("algorithms[{i}]"),
+                    format!(
+                        "`{alg}` is not allowed; choose from {}",
+                        SUPPORTED_ALGORITHMS.join(", ")
+                    ),
+                ));
+            }
+        }
+        if self.clock_skew_seconds > 600 {
+            return Err(ConfigError::new(
+                "clock_skew_seconds",
+                "must be at most 600",
+            ));
+        }
+        if !(256..=65536).contains(&self.max_token_bytes) {
+            return Err(ConfigError::new(
+                "max_token_bytes",
+                "must be between 256 and 65536",
+            ));
+        }
+        let inline_keys = match &self.jwks {
+            None => KeySet::default(),
+            Some(doc) => {
+                let keys = KeySet::from_value(doc, &self.algorithms)
+                    .map_err(|problem| ConfigError::new("jwks", problem))?;
+                if keys.is_empty() {
+                    return Err(ConfigError::new(
+                        "jwks",
+                        format!("no usable signing key ({})", keys.skipped_summary()),
+                    ));
+                }
+                keys
+            }
+        };
+        if inline_keys.is_empty() {
+            return Err(ConfigError::new(
+                "jwks",
+                "no signing keys: give the issuer's JWKS inline",
+            ));
+        }
+        let policy = Policy::new(self.routes, self.unmatched_routes)?;
+        let api_key_headers: Vec<String> = self
+            .api_key_headers
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        for (i, h) in api_key_headers.iter().enumerate() {
+            if !is_header_name(h) || h == "authorization" {
+                return Err(ConfigError::new(
+                    format!("api_key_headers[{i}]"),
+                    "must be a header name other than authorization",
+                ));
+            }
+        }
+        let mut identity_headers = self.identity_headers;
+        for name in [
+            &mut identity_headers.client_id,
+            &mut identity_headers.subject,
+            &mut identity_headers.scopes,
+            &mut identity_headers.client_db,
+            &mut identity_headers.system_user,
+            &mut identity_headers.token_kind,
+        ] {
+            *name = name.to_ascii_lowercase();
+        }
+        let names = identity_headers.names();
+        for (i, name) in names.iter().enumerate() {
+            if !is_header_name(name) || name.starts_with(':') {
+                return Err(ConfigError::new(
+                    "identity_headers",
+                    format!("`{name}` is not a valid header name"),
+                ));
+            }
+            if names[..i].contains(name) {
+                return Err(ConfigError::new(
+                    "identity_headers",
+                    format!("`{name}` is used twice"),
+                ));
+            }
+            if *name == "authorization" || api_key_headers.iter().any(|h| h == name) {
+                return Err(ConfigError::new(
+                    "identity_headers",
+                    format!("`{name}` is a credential header"),
+                ));
+            }
+        }
+        Ok(Config {
+            realm: self.realm,
+            issuers: self.issuers,
+            audiences: self.audiences,
+            algorithms: self.algorithms,
+            clock_skew_seconds: self.clock_skew_seconds,
+            require_at_jwt_typ: self.require_at_jwt_typ,
+            max_token_bytes: self.max_token_bytes,
+            inline_keys,
+            policy,
+            api_key_headers,
+            identity_headers,
+            strip_credential: self.strip_credential,
+        })
+    }
+}
+
+fn is_visible(s: &str) -> bool {
+    s.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+fn non_empty_strings(field: &str, values: &[String]) -> Result<(), ConfigError> {
+    if values.is_empty() {
+        return Err(ConfigError::new(field, "must list at least one value"));
+    }
+    if let Some(i) = values.iter().position(|v| v.is_empty()) {
+        return Err(ConfigError::new(
+            format!("{field}[{i}]"),
+            "must not be empty",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit;
+
+    fn config_with(patch: impl FnOnce(&mut serde_json::Value)) -> Result<Config, ConfigError> {
+        let mut doc = testkit::config_json();
+        patch(&mut doc);
+        Config::from_json(doc.to_string().as_bytes())
+    }
+
+    #[test]
+    fn documented_defaults_apply() {
+        let config = config_with(|_| {}).unwrap();
+        assert_eq!(config.algorithms, ["RS256"]);
+        assert_eq!(config.clock_skew_seconds, 60);
+        assert!(config.require_at_jwt_typ);
+        assert_eq!(config.max_token_bytes, 8192);
+        assert_eq!(config.api_key_headers, ["x-api-key", "api-key"]);
+        assert_eq!(config.identity_headers.client_id, "x-erp-client-id");
+        assert!(!config.strip_credential);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = config_with(|d| d["issuer"] = "x".into()).unwrap_err();
+        assert_eq!(err.field, "issuer");
+        assert!(err.problem.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn empty_issuer_list_is_refused() {
+        let err = config_with(|d| d["issuers"] = serde_json::json!([])).unwrap_err();
+        assert_eq!(err.field, "issuers");
+    }
+
+    #[test]
+    fn empty_audience_list_is_refused() {
+        let err = config_with(|d| d["audiences"] = serde_json::json!([])).unwrap_err();
+        assert_eq!(err.field, "audiences");
+    }
+
+    #[test]
+    fn none_and_hmac_algorithms_can_never_be_enabled() {
+        for alg in ["none", "HS256", "HS512", "ES256"] {
+            let err =
+                config_with(|d| d["algorithms"] = serde_json::json!(["RS256", alg])).unwrap_err();
+            assert_eq!(err.field, "algorithms[1]", "{alg}");
+        }
+    }
+
+    #[test]
+    fn bad_jwks_is_refused() {
+        let err = config_with(|d| d["jwks"] = serde_json::json!({"keys": "nope"})).unwrap_err();
+        assert_eq!(err.field, "jwks");
+        let err =
+            config_with(|d| d["jwks"] = serde_json::json!({"keys": [{"kty": "EC"}]})).unwrap_err();
+        assert_eq!(err.field, "jwks");
+        assert!(err.problem.contains("no usable signing key"), "{err}");
+    }
+
+    #[test]
+    fn missing_keys_are_refused() {
+        let err = config_with(|d| {
+            d.as_object_mut().unwrap().remove("jwks");
+        })
+        .unwrap_err();
+        assert_eq!(err.field, "jwks");
+    }
+
+    #[test]
+    fn identity_header_may_not_shadow_a_credential_header() {
+        let err =
+            config_with(|d| d["identity_headers"] = serde_json::json!({"subject": "X-Api-Key"}))
+                .unwrap_err();
+        assert_eq!(err.field, "identity_headers");
+    }
+
+    #[test]
+    fn skew_and_size_are_bounded() {
+        assert_eq!(
+            config_with(|d| d["clock_skew_seconds"] = 3600.into())
+                .unwrap_err()
+                .field,
+            "clock_skew_seconds"
+        );
+        assert_eq!(
+            config_with(|d| d["max_token_bytes"] = 10.into())
+                .unwrap_err()
+                .field,
+            "max_token_bytes"
+        );
+    }
+
+    #[test]
+    fn realm_must_be_safe_to_quote() {
+        assert_eq!(
+            config_with(|d| d["realm"] = "a\"b".into())
+                .unwrap_err()
+                .field,
+            "realm"
+        );
+    }
+}

@@ -1,0 +1,231 @@
+//! Finding the one credential of a request and telling JWTs from `enrt_`
+//! reference tokens.
+//!
+//! ERP.net accepts `Authorization: Bearer <token>` or an API-key header, and
+//! only one of them per request. Envoy joins repeated inline headers such as
+//! `Authorization` with a comma, and no token contains a comma, so a comma in a
+//! credential value counts as a second credential.
+
+use crate::rejection::Rejection;
+
+/// Prefix of ERP.net reference access tokens (PAT and SAT).
+pub const REFERENCE_PREFIX: &str = "enrt_";
+/// Hex digits after the prefix.
+pub const REFERENCE_HEX_DIGITS: usize = 64;
+
+/// What kind of token the credential is. Decided by shape only: nothing here
+/// is verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// A JWT access token: three base64url parts.
+    Jwt,
+    /// An `enrt_` reference access token, checked by introspection.
+    Reference,
+}
+
+/// The request's credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential<'a> {
+    /// Lower-cased name of the header it came in.
+    pub header: &'a str,
+    pub token: &'a str,
+    pub kind: TokenKind,
+}
+
+/// Finds the single credential among the request headers.
+///
+/// `headers` are (name, value) pairs as Envoy gives them (names lower-case,
+/// compared case-insensitively anyway). `api_key_headers` are lower-case.
+pub fn find<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    api_key_headers: &'a [String],
+    max_token_bytes: usize,
+) -> Result<Credential<'a>, Rejection> {
+    let mut found: Option<(&'a str, &'a str)> = None;
+    for (name, value) in headers {
+        let header = if name.eq_ignore_ascii_case("authorization") {
+            "authorization"
+        } else if let Some(h) = api_key_headers
+            .iter()
+            .find(|h| name.eq_ignore_ascii_case(h))
+        {
+            h.as_str()
+        } else {
+            continue;
+        };
+        if found.is_some() || value.contains(',') {
+            return Err(Rejection::MultipleCredentials);
+        }
+        found = Some((header, value));
+    }
+    let (header, value) = found.ok_or(Rejection::MissingCredential)?;
+    let token = if header == "authorization" {
+        bearer_token(value)?
+    } else {
+        value.trim_matches([' ', '\t'])
+    };
+    if token.is_empty() {
+        return Err(Rejection::MalformedCredential("empty credential"));
+    }
+    if token.len() > max_token_bytes {
+        return Err(Rejection::InvalidToken("token is too large"));
+    }
+    if !token.bytes().all(is_b64token_byte) {
+        return Err(Rejection::MalformedCredential(
+            "credential has characters a token cannot have",
+        ));
+    }
+    let kind = if token.starts_with(REFERENCE_PREFIX) {
+        TokenKind::Reference
+    } else {
+        TokenKind::Jwt
+    };
+    Ok(Credential {
+        header,
+        token,
+        kind,
+    })
+}
+
+/// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 7235).
+fn bearer_token(value: &str) -> Result<&str, Rejection> {
+    let value = value.trim_matches([' ', '\t']);
+    let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Rejection::UnsupportedScheme);
+    }
+    Ok(rest.trim_start_matches([' ', '\t']))
+}
+
+/// RFC 6750 §2.1 `b64token` characters (the trailing `=` included).
+fn is_b64token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
+}
+
+/// Whether a reference token is well-formed: the prefix then exactly 64 hex
+/// digits (either case). Anything else is refused without asking anyone.
+pub fn is_well_formed_reference(token: &str) -> bool {
+    token.strip_prefix(REFERENCE_PREFIX).is_some_and(|hex| {
+        hex.len() == REFERENCE_HEX_DIGITS && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> Vec<String> {
+        vec!["x-api-key".into(), "api-key".into()]
+    }
+
+    fn find_in(headers: &[(&'static str, &'static str)]) -> Result<Credential<'static>, Rejection> {
+        let keys: &'static [String] = Box::leak(keys().into_boxed_slice());
+        find(headers.iter().copied(), keys, 8192)
+    }
+
+    const PAT: &str = "enrt_445659C00F83CCA2D427BF113EFB355319346865C0B4FE5A3C76C16271B06AFF";
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for value in [
+            "Bearer abc.def.ghi",
+            "bearer abc.def.ghi",
+            "BEARER   abc.def.ghi ",
+        ] {
+            let c = find_in(&[(":path", "/"), ("authorization", value)]).unwrap();
+            assert_eq!(
+                (c.header, c.token, c.kind),
+                ("authorization", "abc.def.ghi", TokenKind::Jwt)
+            );
+        }
+    }
+
+    #[test]
+    fn api_key_headers_are_case_insensitive() {
+        for name in ["x-api-key", "X-API-KEY", "Api-Key"] {
+            let c = find_in(&[(name, PAT)]).unwrap();
+            assert_eq!(c.token, PAT);
+            assert_eq!(c.kind, TokenKind::Reference);
+        }
+    }
+
+    #[test]
+    fn no_credential_is_missing() {
+        assert_eq!(
+            find_in(&[("accept", "*/*")]),
+            Err(Rejection::MissingCredential)
+        );
+    }
+
+    #[test]
+    fn two_credentials_are_an_invalid_request() {
+        let cases: &[&[(&str, &str)]] = &[
+            &[("authorization", "Bearer a.b.c"), ("x-api-key", PAT)],
+            &[
+                ("authorization", "Bearer a.b.c"),
+                ("authorization", "Bearer a.b.c"),
+            ],
+            &[("authorization", "Bearer a.b.c,Bearer d.e.f")],
+            &[("x-api-key", PAT), ("api-key", PAT)],
+            &[("x-api-key", "a, b")],
+        ];
+        for headers in cases {
+            assert_eq!(
+                find_in(headers),
+                Err(Rejection::MultipleCredentials),
+                "{headers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_schemes_are_not_bearer() {
+        assert_eq!(
+            find_in(&[("authorization", "Basic dXNlcjpwYXNz")]),
+            Err(Rejection::UnsupportedScheme)
+        );
+    }
+
+    #[test]
+    fn empty_or_spaced_tokens_are_malformed() {
+        assert!(matches!(
+            find_in(&[("authorization", "Bearer")]),
+            Err(Rejection::MalformedCredential(_))
+        ));
+        assert!(matches!(
+            find_in(&[("authorization", "Bearer a b")]),
+            Err(Rejection::MalformedCredential(_))
+        ));
+        assert!(matches!(
+            find_in(&[("x-api-key", "")]),
+            Err(Rejection::MalformedCredential(_))
+        ));
+        assert!(matches!(
+            find_in(&[("x-api-key", "a\"b")]),
+            Err(Rejection::MalformedCredential(_))
+        ));
+    }
+
+    #[test]
+    fn oversized_token_is_an_invalid_token() {
+        let big: &'static str = Box::leak(format!("Bearer {}", "a".repeat(9000)).into_boxed_str());
+        assert_eq!(
+            find_in(&[("authorization", big)]),
+            Err(Rejection::InvalidToken("token is too large"))
+        );
+    }
+
+    #[test]
+    fn reference_format_is_prefix_and_64_hex_digits() {
+        assert!(is_well_formed_reference(PAT));
+        assert!(is_well_formed_reference(
+            &PAT.to_ascii_lowercase().replace("ENRT_", "enrt_")
+        ));
+        assert!(!is_well_formed_reference("enrt_XYZ"));
+        assert!(!is_well_formed_reference(&format!("{PAT}0")));
+        assert!(!is_well_formed_reference(&PAT.replace('C', "G")));
+        assert!(!is_well_formed_reference(
+            "ENRT_445659C00F83CCA2D427BF113EFB355319346865C0B4FE5A3C76C16271B06AFF"
+        ));
+    }
+}

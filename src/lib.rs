@@ -1,0 +1,23 @@
+//! erp-edge-validator: an Envoy proxy-wasm filter that authenticates requests
+//! to ERP.net's Domain API at the edge.
+//!
+//! Everything but [`filter`] is pure Rust with no host calls, so the decision
+//! core builds and tests natively (and, later, in a browser). The module
+//! map follows a request: [`credential`] finds the token, [`policy`] says
+//! what the route needs, [`jwt`] and [`jwks`] verify, [`decision`] ties them
+//! together, and [`rejection`] says no on the wire.
+
+pub mod config;
+pub mod credential;
+pub mod decision;
+pub mod jwks;
+pub mod jwt;
+pub mod policy;
+pub mod principal;
+pub mod rejection;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;
+
+#[cfg(test)]
+mod testkit;

@@ -1,0 +1,124 @@
+//! Fixtures for the unit tests: keys generated once per test run, a fixed
+//! clock, the shipped configuration's shape, and token builders.
+
+use std::sync::OnceLock;
+
+use erp_devstack::tokens::{self, SigningKey};
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::decision::Engine;
+use crate::jwt::ClaimRules;
+
+/// The fixed "now" of every unit test.
+pub const NOW: u64 = 1_700_000_000;
+/// `kid` of the key the test configuration trusts.
+pub const KID: &str = "test-key-1";
+
+fn keys() -> &'static (SigningKey, SigningKey) {
+    static KEYS: OnceLock<(SigningKey, SigningKey)> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        (
+            SigningKey::generate(KID, 2048).unwrap(),
+            SigningKey::generate(KID, 2048).unwrap(),
+        )
+    })
+}
+
+/// The trusted key.
+pub fn key() -> &'static SigningKey {
+    &keys().0
+}
+
+/// A key with the same `kid` that nobody trusts.
+pub fn other_key() -> &'static SigningKey {
+    &keys().1
+}
+
+pub fn jwks() -> Value {
+    tokens::jwks([key()])
+}
+
+pub fn small_rsa_jwk(kid: &str) -> Value {
+    SigningKey::generate(kid, 1024).unwrap().jwk()
+}
+
+/// The configuration the unit tests run with (the shipped policy's shape).
+pub fn config_json() -> Value {
+    json!({
+        "issuers": [tokens::ISSUER],
+        "audiences": ["DomainAPI"],
+        "jwks": jwks(),
+        "routes": [
+            {"exact": "/healthz", "public": true},
+            {"prefix": "/api/domain/", "methods": ["GET", "HEAD"], "all_of": ["read"]},
+            {"prefix": "/api/domain/", "methods": ["POST", "PUT", "PATCH", "MERGE", "DELETE"], "all_of": ["update"]},
+        ],
+    })
+}
+
+pub fn config_from(patch: impl FnOnce(&mut Value)) -> Config {
+    let mut doc = config_json();
+    patch(&mut doc);
+    Config::from_json(doc.to_string().as_bytes()).unwrap()
+}
+
+pub fn config() -> Config {
+    config_from(|_| {})
+}
+
+pub fn engine() -> Engine {
+    Engine::new(config())
+}
+
+pub fn rules(config: &Config) -> ClaimRules<'_> {
+    ClaimRules {
+        issuers: &config.issuers,
+        audiences: &config.audiences,
+        algorithms: &config.algorithms,
+        clock_skew_seconds: config.clock_skew_seconds,
+        require_at_jwt_typ: config.require_at_jwt_typ,
+    }
+}
+
+/// A valid token with these scopes.
+pub fn token(scopes: &[&str]) -> String {
+    token_with(|_, c| c["scope"] = json!(scopes))
+}
+
+/// A valid token, then `patch` applied to header and claims before signing.
+pub fn token_with(patch: impl FnOnce(&mut Value, &mut Value)) -> String {
+    let mut header = tokens::header(KID);
+    let mut claims = tokens::claims(NOW, &["DomainApi", "read"]);
+    patch(&mut header, &mut claims);
+    tokens::sign(&header, &claims, key())
+}
+
+pub fn token_signed_by_other_key() -> String {
+    tokens::sign(
+        &tokens::header(KID),
+        &tokens::claims(NOW, &["read"]),
+        other_key(),
+    )
+}
+
+pub fn flip_signature_byte(token: &str) -> String {
+    tokens::flip_signature_byte(token)
+}
+
+pub fn unsigned_token() -> String {
+    tokens::unsigned(
+        &json!({"alg": "none", "kid": KID, "typ": "at+jwt"}),
+        &tokens::claims(NOW, &["read"]),
+    )
+}
+
+pub fn hs256_token_with_public_key() -> String {
+    let secret = key().public_pem().unwrap();
+    tokens::sign_hs256(
+        &json!({"alg": "HS256", "kid": KID, "typ": "at+jwt"}),
+        &tokens::claims(NOW, &["read"]),
+        secret.as_bytes(),
+    )
+    .unwrap()
+}
