@@ -97,6 +97,25 @@ pub fn render(placeholders: &Placeholders, filter_config: &Value) -> Result<Stri
     Ok(rendered)
 }
 
+/// The compose file's Envoy configuration (`envoy/envoy.compose.yaml`):
+/// the same template, with compose service names instead of loopback.
+pub fn render_compose() -> Result<String, Error> {
+    let config = shipped_filter_config()?;
+    render(
+        &Placeholders {
+            bind_address: "0.0.0.0".into(),
+            listen_port: 10000,
+            admin_port: 9901,
+            upstream_host: "upstream".into(),
+            upstream_port: 9081,
+            identity_host: "idp".into(),
+            identity_port: 9080,
+            wasm_path: "/etc/envoy/erp_edge_validator.wasm".into(),
+        },
+        &config,
+    )
+}
+
 /// How to run Envoy.
 #[derive(Debug, Clone)]
 pub struct EnvoyOptions {

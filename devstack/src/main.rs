@@ -1,0 +1,126 @@
+//! `erp-devstack`: run the development stack, or one of its parts.
+//!
+//! ```text
+//! erp-devstack run              identity emulator + echo upstream + Envoy with the filter
+//! erp-devstack idp  [ADDR]      the identity service emulator alone (default 127.0.0.1:9080)
+//! erp-devstack echo [ADDR]      the echo upstream alone (default 127.0.0.1:9081)
+//! erp-devstack render-compose   print envoy/envoy.compose.yaml, rendered from the template
+//! ```
+//!
+//! `run` listens on fixed ports so the printed commands work as pasted:
+//! Envoy on `$ENVOY_PORT` (10000), its admin on `$ENVOY_ADMIN_PORT` (9901),
+//! the emulator on `$IDP_PORT` (9080), the echo upstream on `$ECHO_PORT` (9081).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use erp_devstack::echo::Echo;
+use erp_devstack::envoy::{self, Envoy, EnvoyOptions, Placeholders};
+use erp_devstack::idp::{self, Idp, ReferenceKind};
+use erp_devstack::stack;
+use erp_devstack::tokens::Error;
+
+fn port(var: &str, default: u16) -> Result<u16, Error> {
+    match std::env::var(var) {
+        Ok(v) => Ok(v.parse().map_err(|_| format!("{var}={v} is not a port"))?),
+        Err(_) => Ok(default),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("run") => run(),
+        Some("idp") => serve_idp(args.get(1).map_or("127.0.0.1:9080", String::as_str)),
+        Some("echo") => serve_echo(args.get(1).map_or("127.0.0.1:9081", String::as_str)),
+        Some("render-compose") => envoy::render_compose().map(|yaml| print!("{yaml}")),
+        _ => Err("usage: erp-devstack run | idp [ADDR] | echo [ADDR] | render-compose".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("erp-devstack: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn park_forever() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+fn serve_idp(addr: &str) -> Result<(), Error> {
+    let idp = Idp::start(addr)?;
+    eprintln!("identity service emulator on http://{}", idp.addr());
+    park_forever()
+}
+
+fn serve_echo(addr: &str) -> Result<(), Error> {
+    let echo = Echo::start(addr)?;
+    eprintln!("echo upstream on http://{}", echo.addr());
+    park_forever()
+}
+
+fn run() -> Result<(), Error> {
+    let wasm = envoy::wasm_path();
+    if !wasm.exists() {
+        return Err(format!("{} not found: run `make build` first", wasm.display()).into());
+    }
+    let idp = Idp::start(&format!("127.0.0.1:{}", port("IDP_PORT", 9080)?))?;
+    let echo = Echo::start(&format!("127.0.0.1:{}", port("ECHO_PORT", 9081)?))?;
+    let config = stack::filter_config(&idp, None)?;
+    let yaml = envoy::render(
+        &Placeholders {
+            bind_address: "127.0.0.1".into(),
+            listen_port: port("ENVOY_PORT", 10000)?,
+            admin_port: port("ENVOY_ADMIN_PORT", 9901)?,
+            upstream_host: "127.0.0.1".into(),
+            upstream_port: echo.addr().port(),
+            identity_host: "127.0.0.1".into(),
+            identity_port: idp.addr().port(),
+            wasm_path: wasm.display().to_string(),
+        },
+        &config,
+    )?;
+    let envoy = Envoy::start(&yaml, &EnvoyOptions::default())?;
+    print_examples(&idp, &envoy.listener, &envoy.admin);
+    // Ctrl-C reaches Envoy and this process alike; Envoy also dies with us.
+    park_forever()
+}
+
+fn print_examples(idp: &Idp, listener: &SocketAddr, admin: &SocketAddr) {
+    let read = idp.access_token(&["DomainApi", "read"]);
+    let pat = idp.issue_reference(ReferenceKind::Pat, &["read"], 86_400);
+    let base = format!("http://{listener}/api/domain/odata/Customers");
+    println!();
+    println!("erp-edge-validator is running:");
+    println!("  Envoy with the filter   http://{listener}   (admin http://{admin})");
+    println!("  identity emulator       http://{}/id", idp.addr());
+    println!("  echo upstream           stands in for the Domain API");
+    println!();
+    println!("Try it (tokens are fresh and valid for an hour):");
+    println!();
+    println!("# 200: a JWT with `read` may GET; the echo shows the identity headers it received");
+    println!("curl -s -H 'Authorization: Bearer {read}' '{base}?$top=10'");
+    println!();
+    println!("# 403 insufficient_scope: the same token may not POST (needs `update`)");
+    println!("curl -si -X POST -H 'Authorization: Bearer {read}' '{base}'");
+    println!();
+    println!("# 401: no credential");
+    println!("curl -si '{base}'");
+    println!();
+    println!("# a personal access token (PAT) in X-Api-Key");
+    println!("curl -si -H 'X-Api-Key: {pat}' '{base}?$top=10'");
+    println!();
+    println!("# a new token from the emulator (client_credentials, as in ERP.net's docs)");
+    println!(
+        "curl -s -d grant_type=client_credentials -d client_id={} -d client_secret={} -d scope='read update' http://{}/id/connect/token",
+        idp::CLIENT_ID,
+        idp::CLIENT_SECRET,
+        idp.addr()
+    );
+    println!();
+    println!("Press Ctrl-C to stop everything.");
+}

@@ -1,0 +1,57 @@
+//! Shared helpers for the integration tests: start a stack, send requests,
+//! assert RFC 6750 answers.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use erp_devstack::client::Response;
+use erp_devstack::stack::{Stack, StackOptions};
+use serde_json::Value;
+
+pub const CUSTOMERS: &str = "/api/domain/odata/Customers?$top=10";
+
+/// A stack with the shipped configuration.
+pub fn stack() -> Stack {
+    Stack::start(StackOptions::default()).expect("stack starts")
+}
+
+/// A stack with a merge patch over the shipped filter configuration.
+pub fn stack_with(patch: Value) -> Stack {
+    Stack::start(StackOptions {
+        filter_config: Some(patch),
+        ..StackOptions::default()
+    })
+    .expect("stack starts")
+}
+
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// Asserts an RFC 6750 rejection: status, `error=` in the challenge and in
+/// the JSON body.
+pub fn assert_rejected(r: &Response, status: u16, error: &str) {
+    assert_eq!(r.status, status, "body: {}", r.text());
+    let challenge = r.header("www-authenticate").unwrap_or_default();
+    assert!(
+        challenge.starts_with("Bearer realm=\""),
+        "challenge: {challenge}"
+    );
+    assert!(
+        challenge.contains(&format!("error=\"{error}\"")),
+        "challenge: {challenge}"
+    );
+    assert_eq!(r.json()["error"], error, "body: {}", r.text());
+}
+
+/// The headers the upstream saw on its last request, as an object.
+pub fn upstream_headers(r: &Response) -> Value {
+    assert_eq!(r.status, 200, "body: {}", r.text());
+    r.json()["headers"].clone()
+}
+
+/// Fails if a secret appears in Envoy's log or in a response.
+pub fn assert_not_leaked(stack: &Stack, secret: &str) {
+    assert!(
+        !stack.envoy.log().contains(secret),
+        "a token appears in Envoy's log"
+    );
+}
