@@ -8,6 +8,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::introspection::IntrospectionConfig;
 use crate::jwks::KeySet;
 use crate::policy::{Policy, RouteRule, UnmatchedRoutes};
 
@@ -44,6 +45,10 @@ pub struct RawConfig {
     /// Signing keys inline, as a JWKS document (`{"keys": [...]}`).
     #[serde(default)]
     pub jwks: Option<serde_json::Value>,
+    /// How `enrt_` reference tokens are introspected. Absent: reference
+    /// tokens are refused with 401.
+    #[serde(default)]
+    pub introspection: Option<IntrospectionConfig>,
     /// Ordered route rules; the first match decides. Required, at least one.
     #[serde(default)]
     pub routes: Vec<RouteRule>,
@@ -167,6 +172,7 @@ pub struct Config {
     pub max_token_bytes: usize,
     /// Keys from the inline `jwks` field.
     pub inline_keys: KeySet,
+    pub introspection: Option<IntrospectionConfig>,
     pub policy: Policy,
     /// Lower-cased API-key header names.
     pub api_key_headers: Vec<String>,
@@ -178,21 +184,23 @@ pub struct Config {
 impl Config {
     /// Parses and validates the plugin configuration.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| serde_error(&e))?;
+        let mut json = serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut json).map_err(|e| serde_error(&e))?;
         raw.validate()
     }
 }
 
-/// serde_json names unknown fields and type errors in its message; keep it,
-/// and point at the whole document as the field when it gives no better hint.
-fn serde_error(e: &serde_json::Error) -> ConfigError {
-    let message = e.to_string();
-    let field = message
-        .split('`')
-        .nth(1)
-        .filter(|_| message.starts_with("unknown field") || message.starts_with("missing field"))
-        .unwrap_or("configuration");
-    ConfigError::new(field, message.clone())
+/// Names the field by its path (`introspection.timeout_ms`, `routes[1]`,
+/// an unknown field's own name); the whole document when the JSON itself is
+/// broken.
+fn serde_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
+    let path = e.path().to_string();
+    let field = if path == "." || path == "?" {
+        "configuration".to_owned()
+    } else {
+        path
+    };
+    ConfigError::new(field, e.inner().to_string())
 }
 
 fn is_header_name(name: &str) -> bool {
@@ -213,10 +221,7 @@ impl RawConfig {
         non_empty_strings("issuers", &self.issuers)?;
         non_empty_strings("audiences", &self.audiences)?;
         if self.algorithms.is_empty() {
-            return Err(ConfigError::new(
-                "algorithms",
-                "must list at least one algorithm",
-            ));
+            return Err(ConfigError::new("algorithms", "must list at least one algorithm"));
         }
         for (i, alg) in self.algorithms.iter().enumerate() {
             if !SUPPORTED_ALGORITHMS.contains(&alg.as_str()) {
@@ -230,22 +235,16 @@ impl RawConfig {
             }
         }
         if self.clock_skew_seconds > 600 {
-            return Err(ConfigError::new(
-                "clock_skew_seconds",
-                "must be at most 600",
-            ));
+            return Err(ConfigError::new("clock_skew_seconds", "must be at most 600"));
         }
         if !(256..=65536).contains(&self.max_token_bytes) {
-            return Err(ConfigError::new(
-                "max_token_bytes",
-                "must be between 256 and 65536",
-            ));
+            return Err(ConfigError::new("max_token_bytes", "must be between 256 and 65536"));
         }
         let inline_keys = match &self.jwks {
             None => KeySet::default(),
             Some(doc) => {
-                let keys = KeySet::from_value(doc, &self.algorithms)
-                    .map_err(|problem| ConfigError::new("jwks", problem))?;
+                let keys =
+                    KeySet::from_value(doc, &self.algorithms).map_err(|problem| ConfigError::new("jwks", problem))?;
                 if keys.is_empty() {
                     return Err(ConfigError::new(
                         "jwks",
@@ -261,12 +260,11 @@ impl RawConfig {
                 "no signing keys: give the issuer's JWKS inline",
             ));
         }
+        if let Some(introspection) = &self.introspection {
+            introspection.validate()?;
+        }
         let policy = Policy::new(self.routes, self.unmatched_routes)?;
-        let api_key_headers: Vec<String> = self
-            .api_key_headers
-            .iter()
-            .map(|h| h.to_ascii_lowercase())
-            .collect();
+        let api_key_headers: Vec<String> = self.api_key_headers.iter().map(|h| h.to_ascii_lowercase()).collect();
         for (i, h) in api_key_headers.iter().enumerate() {
             if !is_header_name(h) || h == "authorization" {
                 return Err(ConfigError::new(
@@ -295,10 +293,7 @@ impl RawConfig {
                 ));
             }
             if names[..i].contains(name) {
-                return Err(ConfigError::new(
-                    "identity_headers",
-                    format!("`{name}` is used twice"),
-                ));
+                return Err(ConfigError::new("identity_headers", format!("`{name}` is used twice")));
             }
             if *name == "authorization" || api_key_headers.iter().any(|h| h == name) {
                 return Err(ConfigError::new(
@@ -316,6 +311,7 @@ impl RawConfig {
             require_at_jwt_typ: self.require_at_jwt_typ,
             max_token_bytes: self.max_token_bytes,
             inline_keys,
+            introspection: self.introspection,
             policy,
             api_key_headers,
             identity_headers,
@@ -333,10 +329,7 @@ fn non_empty_strings(field: &str, values: &[String]) -> Result<(), ConfigError> 
         return Err(ConfigError::new(field, "must list at least one value"));
     }
     if let Some(i) = values.iter().position(|v| v.is_empty()) {
-        return Err(ConfigError::new(
-            format!("{field}[{i}]"),
-            "must not be empty",
-        ));
+        return Err(ConfigError::new(format!("{field}[{i}]"), "must not be empty"));
     }
     Ok(())
 }
@@ -372,6 +365,14 @@ mod tests {
     }
 
     #[test]
+    fn wrong_type_is_named_by_path() {
+        let err = config_with(|d| d["routes"][1]["methods"] = serde_json::json!("GET")).unwrap_err();
+        assert_eq!(err.field, "routes[1].methods");
+        let err = Config::from_json(b"{not json").unwrap_err();
+        assert_eq!(err.field, "configuration");
+    }
+
+    #[test]
     fn empty_issuer_list_is_refused() {
         let err = config_with(|d| d["issuers"] = serde_json::json!([])).unwrap_err();
         assert_eq!(err.field, "issuers");
@@ -386,8 +387,7 @@ mod tests {
     #[test]
     fn none_and_hmac_algorithms_can_never_be_enabled() {
         for alg in ["none", "HS256", "HS512", "ES256"] {
-            let err =
-                config_with(|d| d["algorithms"] = serde_json::json!(["RS256", alg])).unwrap_err();
+            let err = config_with(|d| d["algorithms"] = serde_json::json!(["RS256", alg])).unwrap_err();
             assert_eq!(err.field, "algorithms[1]", "{alg}");
         }
     }
@@ -396,8 +396,7 @@ mod tests {
     fn bad_jwks_is_refused() {
         let err = config_with(|d| d["jwks"] = serde_json::json!({"keys": "nope"})).unwrap_err();
         assert_eq!(err.field, "jwks");
-        let err =
-            config_with(|d| d["jwks"] = serde_json::json!({"keys": [{"kty": "EC"}]})).unwrap_err();
+        let err = config_with(|d| d["jwks"] = serde_json::json!({"keys": [{"kty": "EC"}]})).unwrap_err();
         assert_eq!(err.field, "jwks");
         assert!(err.problem.contains("no usable signing key"), "{err}");
     }
@@ -413,10 +412,23 @@ mod tests {
 
     #[test]
     fn identity_header_may_not_shadow_a_credential_header() {
-        let err =
-            config_with(|d| d["identity_headers"] = serde_json::json!({"subject": "X-Api-Key"}))
-                .unwrap_err();
+        let err = config_with(|d| d["identity_headers"] = serde_json::json!({"subject": "X-Api-Key"})).unwrap_err();
         assert_eq!(err.field, "identity_headers");
+    }
+
+    #[test]
+    fn introspection_fields_are_named() {
+        let err = config_with(|d| {
+            d["introspection"] = serde_json::json!({"cluster": "identity", "authority": "idp", "client_id": "x", "client_secret": "y", "timeout": 5})
+        })
+        .unwrap_err();
+        assert_eq!(err.field, "introspection.timeout");
+        let err = config_with(|d| {
+            d["introspection"] =
+                serde_json::json!({"cluster": "", "authority": "idp", "client_id": "x", "client_secret": "y"})
+        })
+        .unwrap_err();
+        assert_eq!(err.field, "introspection.cluster");
     }
 
     #[test]
@@ -428,20 +440,13 @@ mod tests {
             "clock_skew_seconds"
         );
         assert_eq!(
-            config_with(|d| d["max_token_bytes"] = 10.into())
-                .unwrap_err()
-                .field,
+            config_with(|d| d["max_token_bytes"] = 10.into()).unwrap_err().field,
             "max_token_bytes"
         );
     }
 
     #[test]
     fn realm_must_be_safe_to_quote() {
-        assert_eq!(
-            config_with(|d| d["realm"] = "a\"b".into())
-                .unwrap_err()
-                .field,
-            "realm"
-        );
+        assert_eq!(config_with(|d| d["realm"] = "a\"b".into()).unwrap_err().field, "realm");
     }
 }

@@ -45,10 +45,7 @@ pub fn find<'a>(
     for (name, value) in headers {
         let header = if name.eq_ignore_ascii_case("authorization") {
             "authorization"
-        } else if let Some(h) = api_key_headers
-            .iter()
-            .find(|h| name.eq_ignore_ascii_case(h))
-        {
+        } else if let Some(h) = api_key_headers.iter().find(|h| name.eq_ignore_ascii_case(h)) {
             h.as_str()
         } else {
             continue;
@@ -80,11 +77,7 @@ pub fn find<'a>(
     } else {
         TokenKind::Jwt
     };
-    Ok(Credential {
-        header,
-        token,
-        kind,
-    })
+    Ok(Credential { header, token, kind })
 }
 
 /// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 7235).
@@ -105,9 +98,9 @@ fn is_b64token_byte(b: u8) -> bool {
 /// Whether a reference token is well-formed: the prefix then exactly 64 hex
 /// digits (either case). Anything else is refused without asking anyone.
 pub fn is_well_formed_reference(token: &str) -> bool {
-    token.strip_prefix(REFERENCE_PREFIX).is_some_and(|hex| {
-        hex.len() == REFERENCE_HEX_DIGITS && hex.bytes().all(|b| b.is_ascii_hexdigit())
-    })
+    token
+        .strip_prefix(REFERENCE_PREFIX)
+        .is_some_and(|hex| hex.len() == REFERENCE_HEX_DIGITS && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]
@@ -127,11 +120,7 @@ mod tests {
 
     #[test]
     fn bearer_scheme_is_case_insensitive() {
-        for value in [
-            "Bearer abc.def.ghi",
-            "bearer abc.def.ghi",
-            "BEARER   abc.def.ghi ",
-        ] {
+        for value in ["Bearer abc.def.ghi", "bearer abc.def.ghi", "BEARER   abc.def.ghi "] {
             let c = find_in(&[(":path", "/"), ("authorization", value)]).unwrap();
             assert_eq!(
                 (c.header, c.token, c.kind),
@@ -151,30 +140,20 @@ mod tests {
 
     #[test]
     fn no_credential_is_missing() {
-        assert_eq!(
-            find_in(&[("accept", "*/*")]),
-            Err(Rejection::MissingCredential)
-        );
+        assert_eq!(find_in(&[("accept", "*/*")]), Err(Rejection::MissingCredential));
     }
 
     #[test]
     fn two_credentials_are_an_invalid_request() {
         let cases: &[&[(&str, &str)]] = &[
             &[("authorization", "Bearer a.b.c"), ("x-api-key", PAT)],
-            &[
-                ("authorization", "Bearer a.b.c"),
-                ("authorization", "Bearer a.b.c"),
-            ],
+            &[("authorization", "Bearer a.b.c"), ("authorization", "Bearer a.b.c")],
             &[("authorization", "Bearer a.b.c,Bearer d.e.f")],
             &[("x-api-key", PAT), ("api-key", PAT)],
             &[("x-api-key", "a, b")],
         ];
         for headers in cases {
-            assert_eq!(
-                find_in(headers),
-                Err(Rejection::MultipleCredentials),
-                "{headers:?}"
-            );
+            assert_eq!(find_in(headers), Err(Rejection::MultipleCredentials), "{headers:?}");
         }
     }
 

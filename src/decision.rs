@@ -4,8 +4,10 @@
 //! Pure: the host glue gathers the request head, the keys and the clock, and
 //! turns the [`Decision`] into Envoy actions.
 
+use crate::cache::{self, TokenHash};
 use crate::config::Config;
 use crate::credential::{self, Credential, TokenKind};
+use crate::introspection::Answer;
 use crate::jwks::KeySet;
 use crate::jwt::{self, ClaimRules, JwtError};
 use crate::policy::Access;
@@ -27,6 +29,25 @@ pub enum Decision {
     Allow(Allowed),
     /// Refuse it with this rejection.
     Deny(Rejection),
+    /// A well-formed reference token: look in the cache, else introspect
+    /// `token`, then [`Engine::finish_reference`].
+    Introspect { pending: PendingReference, token: String },
+}
+
+/// A request waiting for the identity service's word on its reference token.
+/// Holds no token: only its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingReference {
+    pub hash: TokenHash,
+    access: Access,
+    credential_header: String,
+}
+
+impl PendingReference {
+    /// Short label for logs.
+    pub fn fingerprint(&self) -> String {
+        cache::fingerprint(&self.hash)
+    }
 }
 
 /// An allowed request and what to add to or remove from it.
@@ -72,34 +93,65 @@ impl Engine {
     /// Decides a request. `now` is seconds since the epoch.
     pub fn decide(&self, request: &RequestHead<'_>, now: u64) -> Decision {
         match self.try_decide(request, now) {
+            Ok(decision) => decision,
+            Err(rejection) => Decision::Deny(rejection),
+        }
+    }
+
+    /// Decides a reference-token request once the identity service (or the
+    /// cache) has answered; `Err` is why it could not.
+    pub fn finish_reference(&self, pending: &PendingReference, answer: Result<&Answer, &Rejection>) -> Decision {
+        let principal = match answer {
+            Ok(Answer::Active(principal)) => principal.clone(),
+            Ok(Answer::Inactive) => {
+                return Decision::Deny(Rejection::InvalidToken("the token is not active"));
+            }
+            Err(rejection) => return Decision::Deny(rejection.clone()),
+        };
+        match self.allow(&pending.access, principal, &pending.credential_header) {
             Ok(allowed) => Decision::Allow(allowed),
             Err(rejection) => Decision::Deny(rejection),
         }
     }
 
-    fn try_decide(&self, request: &RequestHead<'_>, now: u64) -> Result<Allowed, Rejection> {
+    fn try_decide(&self, request: &RequestHead<'_>, now: u64) -> Result<Decision, Rejection> {
         let access = self.config.policy.access(request.method, request.path)?;
         if *access == Access::Public {
-            return Ok(Allowed {
+            return Ok(Decision::Allow(Allowed {
                 principal: None,
                 set_headers: Vec::new(),
                 remove_header: None,
-            });
+            }));
         }
         let credential = credential::find(
             request.headers.iter().copied(),
             &self.config.api_key_headers,
             self.config.max_token_bytes,
         )?;
-        let principal = match credential.kind {
-            TokenKind::Jwt => self.verify_jwt(credential.token, now)?,
-            TokenKind::Reference => {
-                return Err(Rejection::InvalidToken(
-                    "reference tokens are not accepted here",
-                ));
+        match credential.kind {
+            TokenKind::Jwt => {
+                let principal = self.verify_jwt(credential.token, now)?;
+                self.allow(access, principal, credential.header).map(Decision::Allow)
             }
-        };
-        self.allow(access, principal, &credential)
+            TokenKind::Reference => self.reference(access, &credential),
+        }
+    }
+
+    fn reference(&self, access: &Access, credential: &Credential<'_>) -> Result<Decision, Rejection> {
+        if self.config.introspection.is_none() {
+            return Err(Rejection::InvalidToken("reference tokens are not accepted here"));
+        }
+        if !credential::is_well_formed_reference(credential.token) {
+            return Err(Rejection::InvalidToken("the reference token is malformed"));
+        }
+        Ok(Decision::Introspect {
+            pending: PendingReference {
+                hash: cache::hash_token(credential.token),
+                access: access.clone(),
+                credential_header: credential.header.to_owned(),
+            },
+            token: credential.token.to_owned(),
+        })
     }
 
     fn verify_jwt(&self, token: &str, now: u64) -> Result<Principal, Rejection> {
@@ -107,12 +159,7 @@ impl Engine {
     }
 
     /// Checks the route's scopes and builds what the upstream receives.
-    fn allow(
-        &self,
-        access: &Access,
-        principal: Principal,
-        credential: &Credential<'_>,
-    ) -> Result<Allowed, Rejection> {
+    fn allow(&self, access: &Access, principal: Principal, credential_header: &str) -> Result<Allowed, Rejection> {
         access.check(&principal.scopes)?;
         let set_headers = principal
             .headers(&self.config.identity_headers)?
@@ -122,10 +169,7 @@ impl Engine {
         Ok(Allowed {
             principal: Some(principal),
             set_headers,
-            remove_header: self
-                .config
-                .strip_credential
-                .then(|| credential.header.to_owned()),
+            remove_header: self.config.strip_credential.then(|| credential_header.to_owned()),
         })
     }
 }
@@ -137,14 +181,7 @@ mod tests {
     use serde_json::json;
 
     fn decide(method: &str, path: &str, headers: &[(&str, &str)]) -> Decision {
-        testkit::engine().decide(
-            &RequestHead {
-                method,
-                path,
-                headers,
-            },
-            NOW,
-        )
+        testkit::engine().decide(&RequestHead { method, path, headers }, NOW)
     }
 
     fn denied(d: Decision) -> Rejection {
@@ -167,9 +204,7 @@ mod tests {
         assert!(allowed
             .set_headers
             .contains(&("x-erp-client-id".into(), "my.trusted.app/first".into())));
-        assert!(allowed
-            .set_headers
-            .contains(&("x-erp-token-kind".into(), "jwt".into())));
+        assert!(allowed.set_headers.contains(&("x-erp-token-kind".into(), "jwt".into())));
         assert_eq!(allowed.remove_header, None);
     }
 
@@ -190,20 +225,14 @@ mod tests {
 
     #[test]
     fn unmatched_route_is_refused_before_the_token_is_read() {
-        assert_eq!(
-            denied(decide("GET", "/admin", &[])),
-            Rejection::RouteNotAllowed
-        );
+        assert_eq!(denied(decide("GET", "/admin", &[])), Rejection::RouteNotAllowed);
     }
 
     #[test]
     fn public_route_needs_no_credential() {
         assert!(matches!(
             decide("GET", "/healthz", &[]),
-            Decision::Allow(Allowed {
-                principal: None,
-                ..
-            })
+            Decision::Allow(Allowed { principal: None, .. })
         ));
     }
 
@@ -215,20 +244,112 @@ mod tests {
         );
     }
 
+    const PAT: &str = "enrt_445659C00F83CCA2D427BF113EFB355319346865C0B4FE5A3C76C16271B06AFF";
+
     #[test]
-    fn reference_tokens_are_refused_without_introspection() {
-        let pat = "enrt_445659C00F83CCA2D427BF113EFB355319346865C0B4FE5A3C76C16271B06AFF";
+    fn reference_tokens_are_refused_when_introspection_is_not_configured() {
         assert!(matches!(
-            denied(decide("GET", "/api/domain/x", &[("x-api-key", pat)])),
+            denied(decide("GET", "/api/domain/x", &[("x-api-key", PAT)])),
             Rejection::InvalidToken(_)
         ));
     }
 
+    fn introspecting() -> Engine {
+        Engine::new(testkit::config_from(|d| {
+            d["introspection"] = testkit::introspection_json()
+        }))
+    }
+
+    fn pending(engine: &Engine, method: &str, header: (&str, &str)) -> PendingReference {
+        match engine.decide(
+            &RequestHead {
+                method,
+                path: "/api/domain/x",
+                headers: &[header],
+            },
+            NOW,
+        ) {
+            Decision::Introspect { pending, token } => {
+                assert_eq!(token, PAT);
+                pending
+            }
+            other => panic!("expected introspection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reference_token_in_any_credential_header_is_introspected() {
+        let engine = introspecting();
+        let bearer = format!("Bearer {PAT}");
+        for header in [("authorization", bearer.as_str()), ("x-api-key", PAT), ("api-key", PAT)] {
+            let p = pending(&engine, "GET", header);
+            assert_eq!(p.hash, cache::hash_token(PAT));
+        }
+    }
+
+    #[test]
+    fn malformed_reference_token_is_refused_without_a_call() {
+        let engine = introspecting();
+        for token in [
+            "enrt_XYZ",
+            "enrt_",
+            "enrt_445659C00F83CCA2D427BF113EFB355319346865C0B4FE5A3C76C16271B06AFFAA",
+        ] {
+            let d = engine.decide(
+                &RequestHead {
+                    method: "GET",
+                    path: "/api/domain/x",
+                    headers: &[("x-api-key", token)],
+                },
+                NOW,
+            );
+            assert_eq!(
+                d,
+                Decision::Deny(Rejection::InvalidToken("the reference token is malformed")),
+                "{token}"
+            );
+        }
+    }
+
+    #[test]
+    fn reference_answer_is_checked_against_the_route() {
+        let engine = introspecting();
+        let principal = crate::principal::Principal {
+            kind: crate::principal::PrincipalKind::ReferenceUser,
+            client_id: Some("app".into()),
+            subject: Some("u1".into()),
+            client_db: None,
+            system_user: None,
+            scopes: vec!["read".into()],
+            expires_at: NOW + 100,
+        };
+        let answer = Answer::Active(principal);
+        let get = pending(&engine, "GET", ("x-api-key", PAT));
+        let Decision::Allow(allowed) = engine.finish_reference(&get, Ok(&answer)) else {
+            panic!()
+        };
+        assert!(allowed
+            .set_headers
+            .contains(&("x-erp-token-kind".into(), "reference-user".into())));
+        assert!(allowed.set_headers.contains(&("x-erp-subject".into(), "u1".into())));
+        let post = pending(&engine, "POST", ("x-api-key", PAT));
+        assert_eq!(
+            engine.finish_reference(&post, Ok(&answer)),
+            Decision::Deny(Rejection::InsufficientScope {
+                required: "update".into()
+            })
+        );
+        assert_eq!(
+            engine.finish_reference(&get, Ok(&Answer::Inactive)),
+            Decision::Deny(Rejection::InvalidToken("the token is not active"))
+        );
+        let down = crate::introspection::UNAVAILABLE;
+        assert_eq!(engine.finish_reference(&get, Err(&down)), Decision::Deny(down.clone()));
+    }
+
     #[test]
     fn strip_credential_removes_the_header_it_came_in() {
-        let engine = Engine::new(testkit::config_from(|d| {
-            d["strip_credential"] = json!(true)
-        }));
+        let engine = Engine::new(testkit::config_from(|d| d["strip_credential"] = json!(true)));
         let token = testkit::token(&["read"]);
         let headers = [("x-api-key", token.as_str())];
         let Decision::Allow(allowed) = engine.decide(

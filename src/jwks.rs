@@ -75,18 +75,14 @@ impl KeySet {
     /// Parses a JWKS document. Fails only when the document itself is not a
     /// JWKS; unusable keys are skipped and listed in [`KeySet::skipped`].
     pub fn from_json(bytes: &[u8], allowed_algorithms: &[String]) -> Result<Self, String> {
-        let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
         Self::from_value(&value, allowed_algorithms)
     }
 
     /// Like [`KeySet::from_json`], from an already parsed value.
-    pub fn from_value(
-        value: &serde_json::Value,
-        allowed_algorithms: &[String],
-    ) -> Result<Self, String> {
-        let doc = JwksDocument::deserialize(value)
-            .map_err(|e| format!("not a JWKS (expected {{\"keys\": [...]}}): {e}"))?;
+    pub fn from_value(value: &serde_json::Value, allowed_algorithms: &[String]) -> Result<Self, String> {
+        let doc =
+            JwksDocument::deserialize(value).map_err(|e| format!("not a JWKS (expected {{\"keys\": [...]}}): {e}"))?;
         let mut set = KeySet::default();
         for (i, raw) in doc.keys.iter().enumerate() {
             let label = raw
@@ -145,10 +141,7 @@ impl KeySet {
     }
 }
 
-fn parse_key(
-    raw: &serde_json::Value,
-    allowed_algorithms: &[String],
-) -> Result<VerificationKey, String> {
+fn parse_key(raw: &serde_json::Value, allowed_algorithms: &[String]) -> Result<VerificationKey, String> {
     let jwk = Jwk::deserialize(raw).map_err(|e| format!("malformed JWK: {e}"))?;
     match jwk.kty.as_deref() {
         Some("RSA") => {}
@@ -169,21 +162,13 @@ fn parse_key(
     let e = decode_uint(jwk.e.as_deref(), "e")?;
     let bits = n.bits();
     if bits < MIN_RSA_BITS {
-        return Err(format!(
-            "{bits}-bit modulus is shorter than {MIN_RSA_BITS} bits"
-        ));
+        return Err(format!("{bits}-bit modulus is shorter than {MIN_RSA_BITS} bits"));
     }
     if bits > MAX_RSA_BITS {
-        return Err(format!(
-            "{bits}-bit modulus is longer than {MAX_RSA_BITS} bits"
-        ));
+        return Err(format!("{bits}-bit modulus is longer than {MAX_RSA_BITS} bits"));
     }
     let key = RsaPublicKey::new(n, e).map_err(|e| format!("invalid RSA key: {e}"))?;
-    Ok(VerificationKey {
-        kid,
-        algorithm,
-        key,
-    })
+    Ok(VerificationKey { kid, algorithm, key })
 }
 
 fn decode_uint(field: Option<&str>, name: &str) -> Result<BigUint, String> {

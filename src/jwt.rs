@@ -91,12 +91,7 @@ fn rsa_algorithm(name: &str) -> Option<Rsa> {
 
 /// Verifies a JWT access token and returns who it speaks for.
 /// `now` is seconds since the epoch, from the host clock.
-pub fn verify(
-    token: &str,
-    keys: &KeySet,
-    rules: &ClaimRules<'_>,
-    now: u64,
-) -> Result<Principal, JwtError> {
+pub fn verify(token: &str, keys: &KeySet, rules: &ClaimRules<'_>, now: u64) -> Result<Principal, JwtError> {
     let invalid = JwtError::Invalid;
     let untrusted = UntrustedToken::<ExtraHeader>::try_from(token).map_err(|e| match e {
         ParseError::InvalidTokenStructure => invalid("the token is not a JWT"),
@@ -114,15 +109,10 @@ pub fn verify(
     if rules.require_at_jwt_typ {
         let typ = header.token_type.as_deref().unwrap_or_default();
         if !typ.eq_ignore_ascii_case("at+jwt") && !typ.eq_ignore_ascii_case("application/at+jwt") {
-            return Err(invalid(
-                "the token is not an access token (typ is not at+jwt)",
-            ));
+            return Err(invalid("the token is not an access token (typ is not at+jwt)"));
         }
     }
-    let kid = header
-        .key_id
-        .as_deref()
-        .ok_or(invalid("the token has no kid"))?;
+    let kid = header.key_id.as_deref().ok_or(invalid("the token has no kid"))?;
     let key = keys.get(kid).ok_or(JwtError::UnknownKey)?;
     if key.algorithm != alg {
         return Err(invalid("the token's algorithm does not match its key"));
@@ -133,18 +123,13 @@ pub fn verify(
         .validate(&untrusted)
         .map_err(|e| match e {
             ValidationError::MalformedClaims(_) => invalid("the token's claims are malformed"),
-            ValidationError::AlgorithmMismatch { .. } => {
-                invalid("the token's algorithm does not match its key")
-            }
+            ValidationError::AlgorithmMismatch { .. } => invalid("the token's algorithm does not match its key"),
             _ => invalid("the token's signature is invalid"),
         })?;
     let claims = token.claims();
     let now = i64::try_from(now).unwrap_or(i64::MAX);
     let skew = i64::try_from(rules.clock_skew_seconds).unwrap_or(0);
-    let exp = claims
-        .expiration
-        .ok_or(invalid("the token has no exp"))?
-        .timestamp();
+    let exp = claims.expiration.ok_or(invalid("the token has no exp"))?.timestamp();
     if now > exp.saturating_add(skew) {
         return Err(invalid("the token has expired"));
     }
@@ -154,18 +139,10 @@ pub fn verify(
         }
     }
     let custom = &claims.custom;
-    if !custom
-        .iss
-        .as_ref()
-        .is_some_and(|iss| rules.issuers.contains(iss))
-    {
+    if !custom.iss.as_ref().is_some_and(|iss| rules.issuers.contains(iss)) {
         return Err(invalid("the token's issuer is not accepted"));
     }
-    if !custom
-        .aud
-        .as_ref()
-        .is_some_and(|aud| aud.any_in(rules.audiences))
-    {
+    if !custom.aud.as_ref().is_some_and(|aud| aud.any_in(rules.audiences)) {
         return Err(invalid("the token's audience is not accepted"));
     }
     let custom = token.into_parts().1.custom;
@@ -175,10 +152,7 @@ pub fn verify(
         subject: custom.sub,
         client_db: custom.client_db,
         system_user: custom.client_system_user,
-        scopes: custom
-            .scope
-            .map(ScopeClaim::into_scopes)
-            .unwrap_or_default(),
+        scopes: custom.scope.map(ScopeClaim::into_scopes).unwrap_or_default(),
         expires_at: u64::try_from(exp).unwrap_or(0),
     })
 }
@@ -256,18 +230,12 @@ mod tests {
     #[test]
     fn audience_may_be_string_or_array() {
         assert!(verify_with(&testkit::token_with(|_, c| c["aud"] = json!("DomainAPI"))).is_ok());
-        assert!(verify_with(&testkit::token_with(
-            |_, c| c["aud"] = json!(["OLAP", "DomainAPI"])
-        ))
-        .is_ok());
+        assert!(verify_with(&testkit::token_with(|_, c| c["aud"] = json!(["OLAP", "DomainAPI"]))).is_ok());
     }
 
     #[test]
     fn scope_may_be_string() {
-        let p = verify_with(&testkit::token_with(|_, c| {
-            c["scope"] = json!("read update")
-        }))
-        .unwrap();
+        let p = verify_with(&testkit::token_with(|_, c| c["scope"] = json!("read update"))).unwrap();
         assert_eq!(p.scopes, ["read", "update"]);
     }
 
@@ -301,9 +269,7 @@ mod tests {
         let t = testkit::token_with(|h, _| h["alg"] = json!("RS512"));
         assert_eq!(
             verify(&t, &config.inline_keys, &testkit::rules(&config), NOW),
-            Err(JwtError::Invalid(
-                "the token's algorithm does not match its key"
-            ))
+            Err(JwtError::Invalid("the token's algorithm does not match its key"))
         );
     }
 
@@ -324,10 +290,7 @@ mod tests {
     #[test]
     fn typ_must_be_at_jwt_when_required() {
         let t = testkit::token_with(|h, _| h["typ"] = json!("JWT"));
-        assert_eq!(
-            invalid(&t),
-            "the token is not an access token (typ is not at+jwt)"
-        );
+        assert_eq!(invalid(&t), "the token is not an access token (typ is not at+jwt)");
         let t = testkit::token_with(|h, _| h["typ"] = json!("application/at+jwt"));
         assert!(verify_with(&t).is_ok());
         let config = testkit::config_from(|d| d["require_at_jwt_typ"] = json!(false));
@@ -343,14 +306,7 @@ mod tests {
 
     #[test]
     fn garbage_is_rejected() {
-        for t in [
-            "garbage",
-            "a.b",
-            "a.b.c",
-            "eyJ.eyJ.sig",
-            "....",
-            "e30.e30.e30",
-        ] {
+        for t in ["garbage", "a.b", "a.b.c", "eyJ.eyJ.sig", "....", "e30.e30.e30"] {
             assert!(matches!(verify_with(t), Err(JwtError::Invalid(_))), "{t}");
         }
     }

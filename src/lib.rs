@@ -5,11 +5,14 @@
 //! core builds and tests natively (and, later, in a browser). The module
 //! map follows a request: [`credential`] finds the token, [`policy`] says
 //! what the route needs, [`jwt`] and [`jwks`] verify, [`decision`] ties them
-//! together, and [`rejection`] says no on the wire.
+//! together, [`introspection`] and [`cache`] handle `enrt_` reference tokens,
+//! and [`rejection`] says no on the wire.
 
+pub mod cache;
 pub mod config;
 pub mod credential;
 pub mod decision;
+pub mod introspection;
 pub mod jwks;
 pub mod jwt;
 pub mod policy;

@@ -58,10 +58,7 @@ pub enum Access {
     /// No credential needed.
     Public,
     /// A valid credential with these scopes.
-    Scopes {
-        all_of: Vec<String>,
-        any_of: Vec<String>,
-    },
+    Scopes { all_of: Vec<String>, any_of: Vec<String> },
 }
 
 #[derive(Debug, Clone)]
@@ -79,9 +76,7 @@ pub struct Policy {
 }
 
 /// HTTP methods a rule may name; ERP.net's OData API also uses `MERGE`.
-const METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "PATCH", "MERGE", "DELETE", "OPTIONS",
-];
+const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "MERGE", "DELETE", "OPTIONS"];
 
 impl Policy {
     /// Validates and compiles the rules.
@@ -114,10 +109,7 @@ impl Policy {
                     PathMatch::Prefix(p) => path.starts_with(p.as_str()),
                     PathMatch::Exact(p) => path == p,
                 };
-                path_ok
-                    && r.methods
-                        .as_ref()
-                        .is_none_or(|m| m.iter().any(|m| m == method))
+                path_ok && r.methods.as_ref().is_none_or(|m| m.iter().any(|m| m == method))
             })
             .map(|r| &r.access)
             .or(self.unmatched.as_ref())
@@ -132,11 +124,7 @@ impl Access {
             return Ok(());
         };
         let has = |s: &String| granted.iter().any(|g| g.as_ref() == s);
-        let missing: Vec<&str> = all_of
-            .iter()
-            .filter(|s| !has(s))
-            .map(String::as_str)
-            .collect();
+        let missing: Vec<&str> = all_of.iter().filter(|s| !has(s)).map(String::as_str).collect();
         if !missing.is_empty() {
             return Err(Rejection::InsufficientScope {
                 required: missing.join(" "),
@@ -177,10 +165,7 @@ fn compile(i: usize, r: RouteRule) -> Result<Rule, ConfigError> {
         } else {
             "exact"
         };
-        return Err(ConfigError::new(
-            field(name),
-            "must start with `/` and hold no query",
-        ));
+        return Err(ConfigError::new(field(name), "must start with `/` and hold no query"));
     }
     let methods = match r.methods {
         None => None,
@@ -203,10 +188,7 @@ fn compile(i: usize, r: RouteRule) -> Result<Rule, ConfigError> {
     };
     for (name, scopes) in [("all_of", &r.all_of), ("any_of", &r.any_of)] {
         if let Some(bad) = scopes.iter().find(|s| !is_scope_token(s)) {
-            return Err(ConfigError::new(
-                field(name),
-                format!("`{bad}` is not a scope token"),
-            ));
+            return Err(ConfigError::new(field(name), format!("`{bad}` is not a scope token")));
         }
     }
     let access = if r.public {
@@ -223,11 +205,7 @@ fn compile(i: usize, r: RouteRule) -> Result<Rule, ConfigError> {
             any_of: r.any_of,
         }
     };
-    Ok(Rule {
-        path,
-        methods,
-        access,
-    })
+    Ok(Rule { path, methods, access })
 }
 
 #[cfg(test)]
@@ -236,10 +214,7 @@ mod tests {
     use serde_json::json;
 
     fn policy(rules: serde_json::Value) -> Result<Policy, ConfigError> {
-        Policy::new(
-            serde_json::from_value(rules).unwrap(),
-            UnmatchedRoutes::Deny,
-        )
+        Policy::new(serde_json::from_value(rules).unwrap(), UnmatchedRoutes::Deny)
     }
 
     fn domain_api() -> Policy {
@@ -254,9 +229,7 @@ mod tests {
     #[test]
     fn get_needs_read_and_post_needs_update() {
         let p = domain_api();
-        let get = p
-            .access("GET", "/api/domain/odata/Customers?$top=10")
-            .unwrap();
+        let get = p.access("GET", "/api/domain/odata/Customers?$top=10").unwrap();
         assert_eq!(get.check(&["read"]), Ok(()));
         assert_eq!(
             get.check(&["update"]),
@@ -296,18 +269,12 @@ mod tests {
     #[test]
     fn unmatched_requests_are_denied_by_default() {
         let p = domain_api();
-        assert_eq!(
-            p.access("GET", "/admin").unwrap_err(),
-            Rejection::RouteNotAllowed
-        );
+        assert_eq!(p.access("GET", "/admin").unwrap_err(), Rejection::RouteNotAllowed);
         assert_eq!(
             p.access("OPTIONS", "/api/domain/x").unwrap_err(),
             Rejection::RouteNotAllowed
         );
-        assert_eq!(
-            p.access("GET", "/healthz/x").unwrap_err(),
-            Rejection::RouteNotAllowed
-        );
+        assert_eq!(p.access("GET", "/healthz/x").unwrap_err(), Rejection::RouteNotAllowed);
     }
 
     #[test]
@@ -317,19 +284,13 @@ mod tests {
             UnmatchedRoutes::Authenticated,
         )
         .unwrap();
-        assert_eq!(
-            p.access("GET", "/other").unwrap().check::<&str>(&[]),
-            Ok(())
-        );
+        assert_eq!(p.access("GET", "/other").unwrap().check::<&str>(&[]), Ok(()));
         assert_ne!(p.access("GET", "/other").unwrap(), &Access::Public);
     }
 
     #[test]
     fn public_routes_need_nothing() {
-        assert_eq!(
-            domain_api().access("GET", "/healthz?x=1").unwrap(),
-            &Access::Public
-        );
+        assert_eq!(domain_api().access("GET", "/healthz?x=1").unwrap(), &Access::Public);
     }
 
     #[test]
@@ -351,19 +312,10 @@ mod tests {
             (json!([]), "routes"),
             (json!([{"all_of": ["read"]}]), "routes[0]"),
             (json!([{"prefix": "/", "exact": "/"}]), "routes[0]"),
-            (
-                json!([{"prefix": "/"}, {"prefix": "x"}]),
-                "routes[1].prefix",
-            ),
-            (
-                json!([{"prefix": "/", "methods": ["FETCH"]}]),
-                "routes[0].methods",
-            ),
+            (json!([{"prefix": "/"}, {"prefix": "x"}]), "routes[1].prefix"),
+            (json!([{"prefix": "/", "methods": ["FETCH"]}]), "routes[0].methods"),
             (json!([{"prefix": "/", "methods": []}]), "routes[0].methods"),
-            (
-                json!([{"prefix": "/", "all_of": ["a b"]}]),
-                "routes[0].all_of",
-            ),
+            (json!([{"prefix": "/", "all_of": ["a b"]}]), "routes[0].all_of"),
             (
                 json!([{"prefix": "/", "public": true, "all_of": ["read"]}]),
                 "routes[0].public",

@@ -64,10 +64,7 @@ impl Principal {
     /// once; absent claims produce no header (their client copies are removed
     /// anyway). A claim that cannot be a header value refuses the request
     /// rather than being cut or passed on.
-    pub fn headers<'h>(
-        &self,
-        names: &'h IdentityHeaders,
-    ) -> Result<Vec<(&'h str, String)>, Rejection> {
+    pub fn headers<'h>(&self, names: &'h IdentityHeaders) -> Result<Vec<(&'h str, String)>, Rejection> {
         let scopes = self.scopes.join(" ");
         let values = [
             (&names.client_id, self.client_id.as_deref()),
@@ -80,10 +77,7 @@ impl Principal {
         let mut out = Vec::with_capacity(values.len());
         for (name, value) in values {
             let Some(value) = value else { continue };
-            if !value
-                .chars()
-                .all(|c| c == ' ' || c == '\t' || !c.is_control())
-            {
+            if !value.chars().all(|c| c == ' ' || c == '\t' || !c.is_control()) {
                 return Err(Rejection::InvalidToken(
                     "a claim holds characters a header cannot carry",
                 ));

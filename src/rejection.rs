@@ -69,17 +69,13 @@ impl Rejection {
     /// Human-readable reason; safe to send and to log.
     pub fn description(&self) -> &'static str {
         match self {
-            Self::MissingCredential => {
-                "no credential: send Authorization: Bearer <token> or an API key header"
-            }
+            Self::MissingCredential => "no credential: send Authorization: Bearer <token> or an API key header",
             Self::UnsupportedScheme => "the Authorization scheme is not Bearer",
             Self::MultipleCredentials => {
                 "more than one credential: use exactly one of Authorization or an API key header"
             }
             Self::MalformedCredential(d) | Self::InvalidToken(d) | Self::Unavailable(d) => d,
-            Self::InsufficientScope { .. } => {
-                "the token does not grant the scope this request needs"
-            }
+            Self::InsufficientScope { .. } => "the token does not grant the scope this request needs",
             Self::RouteNotAllowed => "no access rule allows this request",
         }
     }
@@ -125,12 +121,7 @@ impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::InsufficientScope { required } => {
-                write!(
-                    f,
-                    "{} {} (needs {required})",
-                    self.status(),
-                    self.description()
-                )
+                write!(f, "{} {} (needs {required})", self.status(), self.description())
             }
             _ => write!(f, "{} {}", self.status(), self.description()),
         }
@@ -142,10 +133,7 @@ mod tests {
     use super::*;
 
     fn header<'a>(r: &'a WireResponse, name: &str) -> Option<&'a str> {
-        r.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
+        r.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
     }
 
     #[test]
@@ -184,10 +172,7 @@ mod tests {
         .to_response("api");
         assert_eq!(r.status, 403);
         let challenge = header(&r, "www-authenticate").unwrap();
-        assert!(
-            challenge.contains("error=\"insufficient_scope\""),
-            "{challenge}"
-        );
+        assert!(challenge.contains("error=\"insufficient_scope\""), "{challenge}");
         assert!(challenge.ends_with("scope=\"update\""), "{challenge}");
     }
 

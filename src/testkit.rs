@@ -95,11 +95,7 @@ pub fn token_with(patch: impl FnOnce(&mut Value, &mut Value)) -> String {
 }
 
 pub fn token_signed_by_other_key() -> String {
-    tokens::sign(
-        &tokens::header(KID),
-        &tokens::claims(NOW, &["read"]),
-        other_key(),
-    )
+    tokens::sign(&tokens::header(KID), &tokens::claims(NOW, &["read"]), other_key())
 }
 
 pub fn flip_signature_byte(token: &str) -> String {
@@ -121,4 +117,14 @@ pub fn hs256_token_with_public_key() -> String {
         secret.as_bytes(),
     )
     .unwrap()
+}
+
+/// An `introspection` block pointing at the emulator's endpoint.
+pub fn introspection_json() -> Value {
+    json!({
+        "cluster": "identity",
+        "authority": "idp.erp.test",
+        "client_id": erp_devstack::idp::INTROSPECTION_CLIENT,
+        "client_secret": erp_devstack::idp::INTROSPECTION_SECRET,
+    })
 }

@@ -9,10 +9,7 @@ use erp_devstack::tokens::{self, SigningKey};
 use serde_json::{json, Value};
 
 /// Signs header and claims (patched from ERP.net's shape) with the stack's key.
-fn token_with(
-    stack: &erp_devstack::stack::Stack,
-    patch: impl FnOnce(&mut Value, &mut Value),
-) -> String {
+fn token_with(stack: &erp_devstack::stack::Stack, patch: impl FnOnce(&mut Value, &mut Value)) -> String {
     let key = stack.idp.signing_key();
     let mut header = tokens::header(&key.kid);
     let mut claims = tokens::claims(tokens::now(), &["DomainApi", "read"]);
@@ -61,10 +58,7 @@ fn read_only_token_may_not_post_and_the_upstream_never_sees_it() {
         &[("authorization", &bearer(&token))],
     );
     assert_rejected(&r, 403, "insufficient_scope");
-    assert!(r
-        .header("www-authenticate")
-        .unwrap()
-        .contains("scope=\"update\""));
+    assert!(r.header("www-authenticate").unwrap().contains("scope=\"update\""));
     assert_eq!(stack.echo.count(), 0);
     let update = stack.idp.access_token(&["read", "update"]);
     let r = stack.request(
@@ -83,11 +77,7 @@ fn assert_invalid_token(make: impl FnOnce(&erp_devstack::stack::Stack) -> String
     let r = stack.get(CUSTOMERS, &[("authorization", &bearer(&token))]);
     assert_rejected(&r, 401, "invalid_token");
     assert!(!r.text().contains(&token), "the token is echoed");
-    assert_eq!(
-        stack.echo.count(),
-        0,
-        "an invalid token reached the upstream"
-    );
+    assert_eq!(stack.echo.count(), 0, "an invalid token reached the upstream");
     assert_not_leaked(&stack, &token);
 }
 
@@ -116,11 +106,7 @@ fn signature_of_another_key_is_invalid() {
     assert_invalid_token(|s| {
         let kid = s.idp.signing_key().kid;
         let other = SigningKey::generate(&kid, 2048).unwrap();
-        tokens::sign(
-            &tokens::header(&kid),
-            &tokens::claims(tokens::now(), &["read"]),
-            &other,
-        )
+        tokens::sign(&tokens::header(&kid), &tokens::claims(tokens::now(), &["read"]), &other)
     });
 }
 
@@ -196,10 +182,7 @@ fn scope_as_array_or_string_and_aud_as_string_or_array_all_work() {
         assert_eq!(r.status, 200, "{case}: {}", r.text());
     }
     let string_scope_without_read = token_with(&stack, |_, c| c["scope"] = json!("update"));
-    let r = stack.get(
-        CUSTOMERS,
-        &[("authorization", &bearer(&string_scope_without_read))],
-    );
+    let r = stack.get(CUSTOMERS, &[("authorization", &bearer(&string_scope_without_read))]);
     assert_rejected(&r, 403, "insufficient_scope");
 }
 
@@ -208,15 +191,9 @@ fn two_credentials_are_an_invalid_request() {
     let stack = stack();
     let token = stack.idp.access_token(&["read"]);
     let auth = bearer(&token);
-    let both = stack.get(
-        CUSTOMERS,
-        &[("authorization", &auth), ("x-api-key", &token)],
-    );
+    let both = stack.get(CUSTOMERS, &[("authorization", &auth), ("x-api-key", &token)]);
     assert_rejected(&both, 400, "invalid_request");
-    let twice = stack.get(
-        CUSTOMERS,
-        &[("authorization", &auth), ("authorization", &auth)],
-    );
+    let twice = stack.get(CUSTOMERS, &[("authorization", &auth), ("authorization", &auth)]);
     assert_rejected(&twice, 400, "invalid_request");
     let two_keys = stack.get(CUSTOMERS, &[("X-API-KEY", &token), ("api-key", &token)]);
     assert_rejected(&two_keys, 400, "invalid_request");
@@ -228,10 +205,7 @@ fn missing_credential_gets_a_bare_challenge_and_public_routes_pass() {
     let stack = stack();
     let r = stack.get(CUSTOMERS, &[]);
     assert_eq!(r.status, 401);
-    assert_eq!(
-        r.header("www-authenticate"),
-        Some("Bearer realm=\"erp-domain-api\"")
-    );
+    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"erp-domain-api\""));
     assert_eq!(stack.echo.count(), 0);
     let health = stack.get("/healthz", &[("x-erp-client-id", "evil")]);
     assert_eq!(health.status, 200);
@@ -244,10 +218,7 @@ fn unmatched_route_is_refused() {
     let token = stack.idp.access_token(&["read", "update", "sec"]);
     let r = stack.get("/admin/users", &[("authorization", &bearer(&token))]);
     assert_rejected(&r, 403, "insufficient_scope");
-    let sneaky = stack.get(
-        "/api/domain/../../admin/users",
-        &[("authorization", &bearer(&token))],
-    );
+    let sneaky = stack.get("/api/domain/../../admin/users", &[("authorization", &bearer(&token))]);
     assert_rejected(&sneaky, 403, "insufficient_scope");
     assert_eq!(stack.echo.count(), 0);
 }
@@ -255,19 +226,17 @@ fn unmatched_route_is_refused() {
 #[test]
 fn non_utf8_header_value_is_refused_and_the_filter_keeps_running() {
     let stack = stack();
-    let mut raw = b"GET /api/domain/odata/Customers HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-api-key: ab\xff\xfecd\r\n\r\n".to_vec();
+    let mut raw =
+        b"GET /api/domain/odata/Customers HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-api-key: ab\xff\xfecd\r\n\r\n"
+            .to_vec();
     let r = erp_devstack::client::send_raw(stack.envoy.listener, &raw).unwrap();
     assert_rejected(&r, 400, "invalid_request");
-    raw = b"GET /api/domain/odata/Customers HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-erp-subject: \xff\r\n\r\n".to_vec();
+    raw = b"GET /api/domain/odata/Customers HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-erp-subject: \xff\r\n\r\n"
+        .to_vec();
     let r = erp_devstack::client::send_raw(stack.envoy.listener, &raw).unwrap();
     assert_eq!(r.status, 401, "{}", r.text());
     let token = stack.idp.access_token(&["read"]);
-    assert_eq!(
-        stack
-            .get(CUSTOMERS, &[("authorization", &bearer(&token))])
-            .status,
-        200
-    );
+    assert_eq!(stack.get(CUSTOMERS, &[("authorization", &bearer(&token))]).status, 200);
     assert_eq!(stack.echo.count(), 1);
 }
 
@@ -287,12 +256,6 @@ fn denials_are_counted_in_envoy_stats() {
     stack.get(CUSTOMERS, &[("authorization", &bearer(&token))]);
     stack.get(CUSTOMERS, &[]);
     stack.get(CUSTOMERS, &[]);
-    assert_eq!(
-        stack.envoy.stat("wasmcustom.erp_edge_validator.allowed"),
-        Some(1)
-    );
-    assert_eq!(
-        stack.envoy.stat("wasmcustom.erp_edge_validator.denied_401"),
-        Some(2)
-    );
+    assert_eq!(stack.envoy.stat("wasmcustom.erp_edge_validator.allowed"), Some(1));
+    assert_eq!(stack.envoy.stat("wasmcustom.erp_edge_validator.denied_401"), Some(2));
 }

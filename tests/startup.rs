@@ -27,8 +27,7 @@ fn unknown_field_stops_envoy_and_is_named() {
 
 #[test]
 fn bad_jwks_stops_envoy_and_is_named() {
-    let log =
-        refused(json!({"jwks": {"keys": [{"kty": "RSA", "kid": "k", "n": "AQAB", "e": "AQAB"}]}}));
+    let log = refused(json!({"jwks": {"keys": [{"kty": "RSA", "kid": "k", "n": "AQAB", "e": "AQAB"}]}}));
     assert!(
         log.contains("invalid configuration: field `jwks`: no usable signing key"),
         "{log}"
@@ -47,10 +46,7 @@ fn empty_issuer_list_stops_envoy_and_is_named() {
 #[test]
 fn hmac_algorithm_stops_envoy_and_is_named() {
     let log = refused(json!({"algorithms": ["HS256"]}));
-    assert!(
-        log.contains("field `algorithms[0]`: `HS256` is not allowed"),
-        "{log}"
-    );
+    assert!(log.contains("field `algorithms[0]`: `HS256` is not allowed"), "{log}");
 }
 
 #[test]
@@ -66,14 +62,8 @@ fn module_imports_only_proxy_wasm_host_functions() {
         }
     }
     assert!(imports.iter().any(|i| i == "env.proxy_log"), "{imports:?}");
-    let foreign: Vec<_> = imports
-        .iter()
-        .filter(|i| !i.starts_with("env.proxy_"))
-        .collect();
-    assert!(
-        foreign.is_empty(),
-        "imports Envoy cannot provide: {foreign:?}"
-    );
+    let foreign: Vec<_> = imports.iter().filter(|i| !i.starts_with("env.proxy_")).collect();
+    assert!(foreign.is_empty(), "imports Envoy cannot provide: {foreign:?}");
 }
 
 #[test]
@@ -88,9 +78,7 @@ fn shipped_configuration_never_fails_open() {
 
 #[test]
 fn compose_configuration_is_the_rendered_template() {
-    let committed =
-        std::fs::read_to_string(erp_devstack::envoy::repo_root().join("envoy/envoy.compose.yaml"))
-            .unwrap();
+    let committed = std::fs::read_to_string(erp_devstack::envoy::repo_root().join("envoy/envoy.compose.yaml")).unwrap();
     let rendered = erp_devstack::envoy::render_compose().unwrap();
     assert!(
         committed == rendered,

@@ -43,8 +43,7 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<Response, Error> {
-    let mut raw =
-        format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n").into_bytes();
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n").into_bytes();
     for (name, value) in headers {
         raw.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }
@@ -71,9 +70,7 @@ fn parse(data: &[u8]) -> Result<Response, Error> {
     let mut response = httparse::Response::new(&mut headers);
     let head_len = match response.parse(data)? {
         httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => {
-            return Err(format!("incomplete response ({} bytes)", data.len()).into())
-        }
+        httparse::Status::Partial => return Err(format!("incomplete response ({} bytes)", data.len()).into()),
     };
     let status = response.code.ok_or("no status")?;
     let headers: Vec<(String, String)> = response
@@ -90,25 +87,14 @@ fn parse(data: &[u8]) -> Result<Response, Error> {
     let chunked = headers
         .iter()
         .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    let body = if chunked {
-        dechunk(rest)?
-    } else {
-        rest.to_vec()
-    };
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
+    let body = if chunked { dechunk(rest)? } else { rest.to_vec() };
+    Ok(Response { status, headers, body })
 }
 
 fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, Error> {
     let mut body = Vec::new();
     loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("bad chunk")?;
+        let line_end = data.windows(2).position(|w| w == b"\r\n").ok_or("bad chunk")?;
         let size_text = std::str::from_utf8(&data[..line_end])?;
         let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)?;
         data = &data[line_end + 2..];

@@ -20,14 +20,12 @@ impl Echo {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&seen);
         let handler: Handler = Arc::new(move |request: &Request| {
-            log.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(request.clone());
+            log.lock().unwrap_or_else(|e| e.into_inner()).push(request.clone());
             Response::json(200, &describe(request))
         });
         Ok(Self {
             seen,
-            server: HttpServer::start(bind, 8, handler)?,
+            server: HttpServer::start(bind, handler)?,
         })
     }
 

@@ -150,11 +150,7 @@ impl Envoy {
     pub fn start(yaml: &str, options: &EnvoyOptions) -> Result<Self, Error> {
         let bin = envoy_bin();
         if !bin.exists() {
-            return Err(format!(
-                "{} not found: run `make venv` (or set ENVOY_BIN)",
-                bin.display()
-            )
-            .into());
+            return Err(format!("{} not found: run `make venv` (or set ENVOY_BIN)", bin.display()).into());
         }
         let n = STARTED.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("erp-edge-envoy-{}-{n}", std::process::id()));
@@ -203,9 +199,7 @@ impl Envoy {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
                     self.child = None;
-                    return Err(
-                        format!("Envoy exited ({status}) during start:\n{}", self.log()).into(),
-                    );
+                    return Err(format!("Envoy exited ({status}) during start:\n{}", self.log()).into());
                 }
             }
             if let Some(admin) = fs::read_to_string(self.dir.join("admin.txt"))
@@ -226,8 +220,7 @@ impl Envoy {
     }
 
     fn find_listener(&self) -> Result<SocketAddr, Error> {
-        let listeners =
-            client::request(self.admin, "GET", "/listeners?format=json", &[], b"")?.json();
+        let listeners = client::request(self.admin, "GET", "/listeners?format=json", &[], b"")?.json();
         let address = &listeners["listener_statuses"][0]["local_address"]["socket_address"];
         let ip = address["address"].as_str().ok_or("no listener address")?;
         let port = address["port_value"].as_u64().ok_or("no listener port")?;
@@ -241,18 +234,11 @@ impl Envoy {
 
     /// A counter or gauge from the admin `/stats` page.
     pub fn stat(&self, name: &str) -> Option<u64> {
-        let stats = client::request(
-            self.admin,
-            "GET",
-            &format!("/stats?filter=^{name}$"),
-            &[],
-            b"",
-        )
-        .ok()?;
-        stats.text().lines().find_map(|l| {
-            l.strip_prefix(&format!("{name}: "))
-                .and_then(|v| v.trim().parse().ok())
-        })
+        let stats = client::request(self.admin, "GET", &format!("/stats?filter=^{name}$"), &[], b"").ok()?;
+        stats
+            .text()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")).and_then(|v| v.trim().parse().ok()))
     }
 
     /// Stops Envoy and waits for it.

@@ -138,7 +138,7 @@ impl Idp {
         });
         let handler_state = Arc::clone(&shared);
         let handler: Handler = Arc::new(move |request| handle(&handler_state, request));
-        let server = HttpServer::start(bind, 16, handler)?;
+        let server = HttpServer::start(bind, handler)?;
         Ok(Self { shared, server })
     }
 
@@ -159,11 +159,7 @@ impl Idp {
     /// A fresh access token for the trusted app with these scopes.
     pub fn access_token(&self, scopes: &[&str]) -> String {
         let key = self.signing_key();
-        tokens::sign(
-            &tokens::header(&key.kid),
-            &tokens::claims(tokens::now(), scopes),
-            &key,
-        )
+        tokens::sign(&tokens::header(&key.kid), &tokens::claims(tokens::now(), scopes), &key)
     }
 
     /// Issues a PAT or SAT valid for `expires_in` seconds.
@@ -216,12 +212,7 @@ fn signing_key(state: &State) -> SigningKey {
     state.keys[state.keys.len() - 1].clone()
 }
 
-fn issue_reference(
-    shared: &Shared,
-    kind: ReferenceKind,
-    scopes: Vec<String>,
-    expires_in: u64,
-) -> String {
+fn issue_reference(shared: &Shared, kind: ReferenceKind, scopes: Vec<String>, expires_in: u64) -> String {
     let token = format!("enrt_{}", tokens::random_hex(32));
     shared.state().reference_tokens.insert(
         token.clone(),
@@ -271,15 +262,10 @@ fn handle(shared: &Shared, request: &Request) -> Response {
         ("POST", "/id/connect/introspect") => Ok(introspect(shared, request)),
         ("POST", "/admin/reference-tokens") => admin_issue(shared, request),
         ("POST", "/admin/reference-tokens/revoke") => admin_revoke(shared, request),
-        ("POST", "/admin/keys/rotate") => {
-            rotate(shared).map(|kid| Response::json(200, &json!({"signing_kid": kid})))
-        }
+        ("POST", "/admin/keys/rotate") => rotate(shared).map(|kid| Response::json(200, &json!({"signing_kid": kid}))),
         ("POST", "/admin/keys/retire") => {
             retire(shared);
-            Ok(Response::json(
-                200,
-                &json!({"published": shared.state().keys.len()}),
-            ))
+            Ok(Response::json(200, &json!({"published": shared.state().keys.len()})))
         }
         ("POST", "/admin/faults") => admin_faults(shared, request),
         ("GET", "/admin/stats") => Ok(Response::json(
@@ -362,10 +348,7 @@ fn token_endpoint(shared: &Shared, request: &Request) -> Result<Response, Error>
     let form = form(request);
     let field = |name: &str| form.get(name).map(String::as_str);
     if field("grant_type") != Some("client_credentials") {
-        return Ok(Response::json(
-            400,
-            &json!({"error": "unsupported_grant_type"}),
-        ));
+        return Ok(Response::json(400, &json!({"error": "unsupported_grant_type"})));
     }
     let (id, secret) = match basic_credentials(request) {
         Some(pair) => pair,
@@ -377,10 +360,8 @@ fn token_endpoint(shared: &Shared, request: &Request) -> Result<Response, Error>
     if id != CLIENT_ID || secret != CLIENT_SECRET {
         return Ok(Response::json(401, &json!({"error": "invalid_client"})));
     }
-    let requested: Vec<&str> = field("scope").map_or_else(
-        || CLIENT_SCOPES.to_vec(),
-        |s| s.split_ascii_whitespace().collect(),
-    );
+    let requested: Vec<&str> =
+        field("scope").map_or_else(|| CLIENT_SCOPES.to_vec(), |s| s.split_ascii_whitespace().collect());
     if let Some(bad) = requested.iter().find(|s| !CLIENT_SCOPES.contains(s)) {
         return Ok(Response::json(
             400,
@@ -479,9 +460,7 @@ fn admin_issue(shared: &Shared, request: &Request) -> Result<Response, Error> {
 
 fn admin_revoke(shared: &Shared, request: &Request) -> Result<Response, Error> {
     let body: Value = serde_json::from_slice(&request.body)?;
-    let token = body["token"]
-        .as_str()
-        .ok_or("give {\"token\": \"enrt_...\"}")?;
+    let token = body["token"].as_str().ok_or("give {\"token\": \"enrt_...\"}")?;
     let revoked = revoke(shared, token);
     Ok(Response::json(
         if revoked { 200 } else { 404 },

@@ -1,9 +1,12 @@
-//! A small threaded HTTP/1.1 server on tiny_http, stopped when dropped.
+//! A small HTTP/1.1 server for the emulator and the echo upstream: keep-alive,
+//! content-length bodies, one thread per connection, stopped when dropped.
 
-use std::io::Read;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::tokens::Error;
 
@@ -56,39 +59,40 @@ impl Response {
 
 pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 
-/// Largest request body read; more is cut (the emulator is not a sink).
-const MAX_BODY: u64 = 1 << 20;
+/// Largest request head and body read.
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_BODY: usize = 1 << 20;
 
-/// A running server; dropping it stops it and joins its threads.
+/// A running server, one thread per connection (so a burst of keep-alive
+/// connections never waits for a free worker). Dropping it stops accepting.
 pub struct HttpServer {
     addr: SocketAddr,
-    server: Arc<tiny_http::Server>,
-    workers: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
 }
 
 impl HttpServer {
-    /// Listens on `bind` (port 0 for a free one) with `threads` workers.
-    pub fn start(bind: &str, threads: usize, handler: Handler) -> Result<Self, Error> {
-        let server = Arc::new(tiny_http::Server::http(bind)?);
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or("the server is not on an IP socket")?;
-        let workers = (0..threads.max(1))
-            .map(|_| {
-                let server = Arc::clone(&server);
+    /// Listens on `bind` (port 0 for a free one).
+    pub fn start(bind: &str, handler: Handler) -> Result<Self, Error> {
+        let listener = TcpListener::bind(bind)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let accept = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
                 let handler = Arc::clone(&handler);
-                std::thread::spawn(move || {
-                    while let Ok(request) = server.recv() {
-                        serve(request, &handler);
-                    }
-                })
-            })
-            .collect();
+                let stopping = Arc::clone(&stopping);
+                std::thread::spawn(move || serve_connection(stream, &handler, &stopping));
+            }
+        });
         Ok(Self {
             addr,
-            server,
-            workers,
+            stop,
+            accept: Some(accept),
         })
     }
 
@@ -97,41 +101,108 @@ impl HttpServer {
     }
 }
 
-fn serve(mut request: tiny_http::Request, handler: &Handler) {
-    let mut body = Vec::new();
-    let _ = request.as_reader().take(MAX_BODY).read_to_end(&mut body);
-    let seen = Request {
-        method: request.method().as_str().to_owned(),
-        url: request.url().to_owned(),
-        headers: request
-            .headers()
-            .iter()
-            .map(|h| {
-                (
-                    h.field.as_str().as_str().to_owned(),
-                    h.value.as_str().to_owned(),
-                )
-            })
-            .collect(),
-        body,
-    };
-    let answer = handler(&seen);
-    let mut response = tiny_http::Response::from_data(answer.body).with_status_code(answer.status);
-    for (name, value) in answer.headers {
-        if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            response.add_header(h);
-        }
-    }
-    let _ = request.respond(response);
-}
-
 impl Drop for HttpServer {
     fn drop(&mut self) {
-        for _ in &self.workers {
-            self.server.unblock();
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
         }
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
+    }
+}
+
+fn serve_connection(mut stream: TcpStream, handler: &Handler, stop: &AtomicBool) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    let _ = stream.set_nodelay(true);
+    let mut buffer = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let Some((request, keep_alive)) = read_request(&mut stream, &mut buffer) else {
+            return;
+        };
+        let response = handler(&request);
+        if write_response(&mut stream, &response, keep_alive).is_err() || !keep_alive {
+            return;
         }
+    }
+}
+
+/// Reads one request; leftover bytes (a pipelined next request) stay in `buffer`.
+fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<(Request, bool)> {
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 100];
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(buffer) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let headers: Vec<(String, String)> = parsed
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+                    .collect();
+                let header = |name: &str| {
+                    headers
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.as_str())
+                };
+                let length: usize = header("content-length")
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if length > MAX_BODY {
+                    return None;
+                }
+                let keep_alive =
+                    parsed.version == Some(1) && !header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+                let method = parsed.method.unwrap_or("GET").to_owned();
+                let url = parsed.path.unwrap_or("/").to_owned();
+                while buffer.len() < head_len + length {
+                    let n = stream.read(&mut chunk).ok().filter(|n| *n > 0)?;
+                    buffer.extend_from_slice(&chunk[..n]);
+                }
+                let body = buffer[head_len..head_len + length].to_vec();
+                buffer.drain(..head_len + length);
+                return Some((
+                    Request {
+                        method,
+                        url,
+                        headers,
+                        body,
+                    },
+                    keep_alive,
+                ));
+            }
+            Ok(httparse::Status::Partial) if buffer.len() < MAX_HEAD => {
+                let n = stream.read(&mut chunk).ok().filter(|n| *n > 0)?;
+                buffer.extend_from_slice(&chunk[..n]);
+            }
+            _ => return None,
+        }
+    }
+}
+
+fn write_response(stream: &mut TcpStream, response: &Response, keep_alive: bool) -> std::io::Result<()> {
+    let mut out = format!("HTTP/1.1 {} {}\r\n", response.status, reason(response.status)).into_bytes();
+    for (name, value) in &response.headers {
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    out.extend_from_slice(format!("content-length: {}\r\n", response.body.len()).as_bytes());
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&response.body);
+    stream.write_all(&out)
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
     }
 }

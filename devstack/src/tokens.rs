@@ -30,12 +30,7 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "SigningKey({}, {} bits)",
-            self.kid,
-            self.private.size() * 8
-        )
+        write!(f, "SigningKey({}, {} bits)", self.kid, self.private.size() * 8)
     }
 }
 
@@ -64,10 +59,7 @@ impl SigningKey {
 
     /// The public key as PEM: what an HS256 key-confusion attack uses as secret.
     pub fn public_pem(&self) -> Result<String, Error> {
-        Ok(self
-            .private
-            .to_public_key()
-            .to_public_key_pem(LineEnding::LF)?)
+        Ok(self.private.to_public_key().to_public_key_pem(LineEnding::LF)?)
     }
 
     fn sign_rs256(&self, message: &[u8]) -> Vec<u8> {

@@ -1,0 +1,387 @@
+//! The reference-token cache, kept in Envoy's shared data so every worker
+//! sees it, and the claims that let one introspection call answer them all.
+//!
+//! Shared data has no delete, no expiry and no eviction, so the keyspace is
+//! bounded by design: the cache is direct-mapped onto `cache_max_entries`
+//! slots chosen by the token's SHA-256; a new token evicts whatever held its
+//! slot. The entry stores the full hash, so a slot never answers for another
+//! token. Keys and values never hold the raw token.
+//!
+//! Each slot also has a claim key: the worker that wins the compare-and-swap
+//! makes the callout; other workers wait for the cache entry (or the failure
+//! mark) to appear, up to the claim's deadline.
+
+use sha2::{Digest, Sha256};
+
+use crate::introspection::Answer;
+use crate::principal::Principal;
+
+/// SHA-256 of a token: the only form in which a token is kept.
+pub type TokenHash = [u8; 32];
+
+pub fn hash_token(token: &str) -> TokenHash {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A short, non-reversible label for logs: `ref:` and 8 hex digits of the hash.
+pub fn fingerprint(hash: &TokenHash) -> String {
+    format!("ref:{:02x}{:02x}{:02x}{:02x}", hash[0], hash[1], hash[2], hash[3])
+}
+
+/// The host's shared key-value store (Envoy shared data), or a map in tests.
+pub trait SharedStore {
+    /// The value and its CAS version.
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Stores `value` if `cas` still matches (`None`: unconditionally).
+    /// False when the CAS did not match or the store refused.
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
+}
+
+/// Largest principal cached; a bigger one is used but not cached.
+const MAX_ENTRY_BYTES: usize = 4096;
+const ENTRY_VERSION: u8 = 1;
+
+/// State of the introspection call for a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flight {
+    /// Nobody is asking; whoever needs the answer should claim.
+    None,
+    /// Another worker is asking; its answer is due by this time (ms).
+    InProgress { deadline_ms: u64 },
+    /// The last call for this token failed recently: answer 503 now.
+    Failed,
+}
+
+/// Result of trying to claim the callout for a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This worker makes the call.
+    Mine,
+    /// Another worker is making it; wait until `deadline_ms`.
+    Theirs { deadline_ms: u64 },
+    /// It just failed; answer 503.
+    Failed,
+}
+
+const FLIGHT_PENDING: u8 = 0;
+const FLIGHT_DONE: u8 = 1;
+const FLIGHT_FAILED: u8 = 2;
+
+/// The cache's rules: slot count and lifetimes.
+#[derive(Debug, Clone)]
+pub struct ReferenceCache {
+    prefix: String,
+    slots: u32,
+    max_ttl: u64,
+    negative_ttl: u64,
+}
+
+impl ReferenceCache {
+    /// `prefix` names the keys (one namespace per filter configuration).
+    pub fn new(prefix: &str, slots: u32, max_ttl_seconds: u64, negative_ttl_seconds: u64) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            slots: slots.max(1),
+            max_ttl: max_ttl_seconds,
+            negative_ttl: negative_ttl_seconds,
+        }
+    }
+
+    fn slot(&self, hash: &TokenHash) -> u32 {
+        u32::from_be_bytes([hash[0], hash[1], hash[2], hash[3]]) % self.slots
+    }
+
+    /// The shared-data key of a token's cache slot.
+    pub fn entry_key(&self, hash: &TokenHash) -> String {
+        format!("{}.ref.{}", self.prefix, self.slot(hash))
+    }
+
+    fn flight_key(&self, hash: &TokenHash) -> String {
+        format!("{}.flight.{}", self.prefix, self.slot(hash))
+    }
+
+    /// The cached answer for a token, if fresh.
+    pub fn get(&self, store: &dyn SharedStore, hash: &TokenHash, now: u64) -> Option<Answer> {
+        let (value, _) = store.get(&self.entry_key(hash));
+        decode_entry(&value?, hash, now)
+    }
+
+    /// Remembers an answer: active until `min(exp, now + max_ttl)`, inactive
+    /// for the negative TTL. Returns the expiry used, if cached.
+    pub fn put(&self, store: &dyn SharedStore, hash: &TokenHash, answer: &Answer, now: u64) -> Option<u64> {
+        let (expires_at, payload) = match answer {
+            Answer::Active(principal) => (
+                principal.expires_at.min(now.saturating_add(self.max_ttl)),
+                serde_json::to_vec(principal).ok()?,
+            ),
+            Answer::Inactive if self.negative_ttl > 0 => (now.saturating_add(self.negative_ttl), Vec::new()),
+            Answer::Inactive => return None,
+        };
+        if expires_at <= now || payload.len() > MAX_ENTRY_BYTES {
+            return None;
+        }
+        let mut value = Vec::with_capacity(42 + payload.len());
+        value.push(ENTRY_VERSION);
+        value.extend_from_slice(hash);
+        value.extend_from_slice(&expires_at.to_be_bytes());
+        value.push(u8::from(matches!(answer, Answer::Active(_))));
+        value.extend_from_slice(&payload);
+        store.set(&self.entry_key(hash), &value, None).then_some(expires_at)
+    }
+
+    /// Where the introspection call for this token stands.
+    pub fn flight(&self, store: &dyn SharedStore, hash: &TokenHash, now_ms: u64) -> Flight {
+        let (value, _) = store.get(&self.flight_key(hash));
+        match value.as_deref().and_then(|v| decode_flight(v, hash)) {
+            Some((FLIGHT_PENDING, deadline_ms)) if deadline_ms > now_ms => Flight::InProgress { deadline_ms },
+            Some((FLIGHT_FAILED, until_ms)) if until_ms > now_ms => Flight::Failed,
+            _ => Flight::None,
+        }
+    }
+
+    /// Claims the call for a token until `deadline_ms`, unless another
+    /// worker holds a live claim. A lost compare-and-swap race means a
+    /// duplicate call at worst, never a request left waiting.
+    pub fn claim(&self, store: &dyn SharedStore, hash: &TokenHash, now_ms: u64, deadline_ms: u64) -> Claim {
+        let key = self.flight_key(hash);
+        let (value, cas) = store.get(&key);
+        match value.as_deref().and_then(|v| decode_flight(v, hash)) {
+            Some((FLIGHT_PENDING, d)) if d > now_ms => return Claim::Theirs { deadline_ms: d },
+            Some((FLIGHT_FAILED, until)) if until > now_ms => return Claim::Failed,
+            _ => {}
+        }
+        if !store.set(&key, &encode_flight(hash, FLIGHT_PENDING, deadline_ms), cas) {
+            if let (Some(v), _) = store.get(&key) {
+                if let Some((FLIGHT_PENDING, d)) = decode_flight(&v, hash) {
+                    if d > now_ms {
+                        return Claim::Theirs { deadline_ms: d };
+                    }
+                }
+            }
+        }
+        Claim::Mine
+    }
+
+    /// Ends a claim. A failure is remembered until `failed_until_ms`, so
+    /// waiting workers answer 503 at once instead of calling again.
+    pub fn finish(&self, store: &dyn SharedStore, hash: &TokenHash, failed_until_ms: Option<u64>) {
+        let value = match failed_until_ms {
+            Some(until) => encode_flight(hash, FLIGHT_FAILED, until),
+            None => encode_flight(hash, FLIGHT_DONE, 0),
+        };
+        store.set(&self.flight_key(hash), &value, None);
+    }
+}
+
+fn decode_entry(value: &[u8], hash: &TokenHash, now: u64) -> Option<Answer> {
+    if value.len() < 42 || value[0] != ENTRY_VERSION || value[1..33] != hash[..] {
+        return None;
+    }
+    let expires_at = u64::from_be_bytes(value[33..41].try_into().ok()?);
+    if expires_at <= now {
+        return None;
+    }
+    match value[41] {
+        0 => Some(Answer::Inactive),
+        1 => serde_json::from_slice::<Principal>(&value[42..])
+            .ok()
+            .map(Answer::Active),
+        _ => None,
+    }
+}
+
+fn encode_flight(hash: &TokenHash, state: u8, time_ms: u64) -> Vec<u8> {
+    let mut value = Vec::with_capacity(41);
+    value.extend_from_slice(hash);
+    value.push(state);
+    value.extend_from_slice(&time_ms.to_be_bytes());
+    value
+}
+
+fn decode_flight(value: &[u8], hash: &TokenHash) -> Option<(u8, u64)> {
+    if value.len() != 41 || value[..32] != hash[..] {
+        return None;
+    }
+    Some((value[32], u64::from_be_bytes(value[33..41].try_into().ok()?)))
+}
+
+/// An in-memory [`SharedStore`] with Envoy's semantics (CAS versions, no
+/// delete), for tests and for tools that run the core outside Envoy.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    map: std::cell::RefCell<std::collections::HashMap<String, (Vec<u8>, u32)>>,
+}
+
+impl MemoryStore {
+    /// Number of keys ever written (shared data never shrinks).
+    pub fn len(&self) -> usize {
+        self.map.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.borrow().is_empty()
+    }
+
+    /// Total bytes of keys and values.
+    pub fn bytes(&self) -> usize {
+        self.map.borrow().iter().map(|(k, (v, _))| k.len() + v.len()).sum()
+    }
+}
+
+impl SharedStore for MemoryStore {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.map.borrow().get(key) {
+            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+            None => (None, None),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        let mut map = self.map.borrow_mut();
+        let current = map.get(key).map_or(0, |(_, c)| *c);
+        if let Some(expected) = cas {
+            if expected != 0 && expected != current {
+                return false;
+            }
+        }
+        map.insert(key.to_owned(), (value.to_vec(), current.wrapping_add(1).max(1)));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::principal::PrincipalKind;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn principal(exp: u64) -> Principal {
+        Principal {
+            kind: PrincipalKind::ReferenceUser,
+            client_id: Some("app".into()),
+            subject: Some("u1".into()),
+            client_db: None,
+            system_user: None,
+            scopes: vec!["read".into()],
+            expires_at: exp,
+        }
+    }
+
+    fn cache() -> ReferenceCache {
+        ReferenceCache::new("t", 1000, 30, 5)
+    }
+
+    #[test]
+    fn active_answer_lives_max_ttl_but_never_past_exp() {
+        let store = MemoryStore::default();
+        let h = hash_token("enrt_a");
+        let answer = Answer::Active(principal(NOW + 3600));
+        assert_eq!(cache().put(&store, &h, &answer, NOW), Some(NOW + 30));
+        assert_eq!(cache().get(&store, &h, NOW + 29), Some(answer));
+        assert_eq!(cache().get(&store, &h, NOW + 30), None);
+
+        let soon = Answer::Active(principal(NOW + 10));
+        assert_eq!(cache().put(&store, &h, &soon, NOW), Some(NOW + 10));
+        assert_eq!(cache().get(&store, &h, NOW + 10), None);
+    }
+
+    #[test]
+    fn inactive_answer_lives_the_negative_ttl() {
+        let store = MemoryStore::default();
+        let h = hash_token("enrt_b");
+        assert_eq!(cache().put(&store, &h, &Answer::Inactive, NOW), Some(NOW + 5));
+        assert_eq!(cache().get(&store, &h, NOW + 4), Some(Answer::Inactive));
+        assert_eq!(cache().get(&store, &h, NOW + 5), None);
+        let no_negative = ReferenceCache::new("t", 10, 30, 0);
+        assert_eq!(no_negative.put(&store, &h, &Answer::Inactive, NOW), None);
+    }
+
+    #[test]
+    fn a_slot_never_answers_for_another_token() {
+        let store = MemoryStore::default();
+        let tiny = ReferenceCache::new("t", 1, 30, 5);
+        let a = hash_token("enrt_a");
+        let b = hash_token("enrt_b");
+        tiny.put(&store, &a, &Answer::Active(principal(NOW + 100)), NOW);
+        assert_eq!(tiny.get(&store, &b, NOW), None);
+        tiny.put(&store, &b, &Answer::Inactive, NOW);
+        assert_eq!(tiny.get(&store, &a, NOW), None, "evicted");
+        assert_eq!(tiny.get(&store, &b, NOW), Some(Answer::Inactive));
+    }
+
+    #[test]
+    fn keyspace_stays_bounded_for_100000_distinct_tokens() {
+        let store = MemoryStore::default();
+        let cache = cache();
+        for i in 0..100_000u32 {
+            let h = hash_token(&format!("enrt_{i:064X}"));
+            if let Claim::Mine = cache.claim(&store, &h, u64::from(i), u64::from(i) + 1000) {
+                cache.put(&store, &h, &Answer::Active(principal(NOW + 100)), NOW);
+                cache.finish(&store, &h, None);
+            }
+            assert!(store.len() <= 2 * 1000, "{} keys after {i} tokens", store.len());
+        }
+        let entries = store.map.borrow().keys().filter(|k| k.starts_with("t.ref.")).count();
+        assert!(entries <= 1000, "{entries}");
+        assert!(entries > 990, "the slots are used: {entries}");
+    }
+
+    #[test]
+    fn the_raw_token_is_never_stored() {
+        let store = MemoryStore::default();
+        let token = "enrt_445659C00F83CCA2D427BF113EFB355319346865C0B4FE5A3C76C16271B06AFF";
+        let h = hash_token(token);
+        cache().put(&store, &h, &Answer::Active(principal(NOW + 100)), NOW);
+        cache().claim(&store, &h, 0, 10);
+        for (k, (v, _)) in store.map.borrow().iter() {
+            assert!(!k.contains("enrt_") && !String::from_utf8_lossy(v).contains("445659C0"));
+        }
+        assert_eq!(fingerprint(&h).len(), 12);
+        assert!(!token.contains(&fingerprint(&h)[4..]));
+    }
+
+    #[test]
+    fn one_worker_claims_and_the_others_wait_for_its_answer() {
+        let store = MemoryStore::default();
+        let c = cache();
+        let h = hash_token("enrt_c");
+        assert_eq!(c.claim(&store, &h, 1000, 2000), Claim::Mine);
+        assert_eq!(c.claim(&store, &h, 1500, 2500), Claim::Theirs { deadline_ms: 2000 });
+        assert_eq!(c.flight(&store, &h, 1500), Flight::InProgress { deadline_ms: 2000 });
+        assert_eq!(
+            c.claim(&store, &h, 2001, 3001),
+            Claim::Mine,
+            "an expired claim can be taken over"
+        );
+        c.finish(&store, &h, None);
+        assert_eq!(c.flight(&store, &h, 2100), Flight::None);
+        assert_eq!(c.claim(&store, &h, 2100, 3100), Claim::Mine);
+    }
+
+    #[test]
+    fn a_failed_call_is_shared_briefly() {
+        let store = MemoryStore::default();
+        let c = cache();
+        let h = hash_token("enrt_d");
+        c.claim(&store, &h, 0, 1000);
+        c.finish(&store, &h, Some(500));
+        assert_eq!(c.flight(&store, &h, 100), Flight::Failed);
+        assert_eq!(c.claim(&store, &h, 100, 1100), Claim::Failed);
+        assert_eq!(c.claim(&store, &h, 600, 1600), Claim::Mine);
+    }
+
+    #[test]
+    fn a_claim_race_lost_to_another_token_still_calls() {
+        let store = MemoryStore::default();
+        let c = ReferenceCache::new("t", 1, 30, 5);
+        let a = hash_token("enrt_a");
+        let b = hash_token("enrt_b");
+        assert_eq!(c.claim(&store, &a, 0, 1000), Claim::Mine);
+        assert_eq!(
+            c.claim(&store, &b, 10, 1010),
+            Claim::Mine,
+            "b shares a's slot but not its call"
+        );
+    }
+}

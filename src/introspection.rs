@@ -1,0 +1,308 @@
+//! RFC 7662 token introspection for `enrt_` reference tokens: building the
+//! callout and reading the answer.
+//!
+//! Anything but a well-formed `200` answer with a boolean `active` means the
+//! identity service could not vouch either way: the request gets 503 with
+//! `Retry-After`, never a pass and never a 401 (the token may be fine).
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde::Deserialize;
+
+use crate::principal::{Principal, PrincipalKind, ScopeClaim};
+use crate::rejection::Rejection;
+
+/// Introspection settings (`introspection` in the plugin configuration).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// Envoy cluster of the identity service. Required.
+    pub cluster: String,
+    /// `:authority` of the callout. Required.
+    pub authority: String,
+    /// Path of the introspection endpoint. Default `/id/connect/introspect`.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// HTTP Basic client id (the API resource name). Required.
+    pub client_id: String,
+    /// HTTP Basic client secret. Required; never logged.
+    pub client_secret: String,
+    /// Callout timeout in milliseconds. Default 1000; 50 to 10000.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Longest time an active answer is trusted, in seconds: the revocation
+    /// delay. Never beyond the token's `exp`. Default 30; 1 to 300.
+    #[serde(default = "default_max_ttl")]
+    pub cache_max_ttl_seconds: u64,
+    /// How long an inactive answer is remembered, in seconds. Default 5; 0 to 60.
+    #[serde(default = "default_negative_ttl")]
+    pub negative_cache_ttl_seconds: u64,
+    /// Cache slots shared by all workers (the keyspace bound). Default 10000;
+    /// 16 to 1000000.
+    #[serde(default = "default_max_entries")]
+    pub cache_max_entries: u32,
+    /// Largest introspection answer read, in bytes. Default 16384.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+}
+
+fn default_path() -> String {
+    "/id/connect/introspect".into()
+}
+fn default_timeout_ms() -> u64 {
+    1000
+}
+fn default_max_ttl() -> u64 {
+    30
+}
+fn default_negative_ttl() -> u64 {
+    5
+}
+fn default_max_entries() -> u32 {
+    10_000
+}
+fn default_max_response_bytes() -> usize {
+    16_384
+}
+
+impl IntrospectionConfig {
+    /// Checks ranges; names the field.
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        use crate::config::ConfigError;
+        let field = |name: &str| format!("introspection.{name}");
+        let checks: [(&str, bool, &str); 9] = [
+            ("cluster", !self.cluster.is_empty(), "must name an Envoy cluster"),
+            ("authority", !self.authority.is_empty(), "must not be empty"),
+            ("path", self.path.starts_with('/'), "must start with `/`"),
+            ("client_id", !self.client_id.is_empty(), "must not be empty"),
+            ("client_secret", !self.client_secret.is_empty(), "must not be empty"),
+            (
+                "timeout_ms",
+                (50..=10_000).contains(&self.timeout_ms),
+                "must be between 50 and 10000",
+            ),
+            (
+                "cache_max_ttl_seconds",
+                (1..=300).contains(&self.cache_max_ttl_seconds),
+                "must be between 1 and 300",
+            ),
+            (
+                "negative_cache_ttl_seconds",
+                self.negative_cache_ttl_seconds <= 60,
+                "must be at most 60",
+            ),
+            (
+                "cache_max_entries",
+                (16..=1_000_000).contains(&self.cache_max_entries),
+                "must be between 16 and 1000000",
+            ),
+        ];
+        for (name, ok, problem) in checks {
+            if !ok {
+                return Err(ConfigError::new(field(name), problem));
+            }
+        }
+        if !(256..=1 << 20).contains(&self.max_response_bytes) {
+            return Err(ConfigError::new(
+                field("max_response_bytes"),
+                "must be between 256 and 1048576",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The callout: pseudo-headers and headers, and the form body.
+    pub fn callout(&self, token: &str) -> Callout {
+        let credentials = format!("{}:{}", form_escape(&self.client_id), form_escape(&self.client_secret));
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("token", token)
+            .append_pair("token_type_hint", "access_token")
+            .finish();
+        Callout {
+            headers: vec![
+                (":method", "POST".into()),
+                (":path", self.path.clone()),
+                (":authority", self.authority.clone()),
+                ("content-type", "application/x-www-form-urlencoded".into()),
+                ("accept", "application/json".into()),
+                ("authorization", format!("Basic {}", STANDARD.encode(credentials))),
+            ],
+            body: body.into_bytes(),
+        }
+    }
+}
+
+/// RFC 6749 §2.3.1: client id and secret are form-encoded before Basic.
+fn form_escape(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+/// An HTTP callout ready for the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callout {
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+/// What the identity service said about a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Active(Principal),
+    Inactive,
+}
+
+#[derive(Deserialize)]
+struct Response {
+    active: bool,
+    #[serde(default)]
+    scope: Option<ScopeClaim>,
+    #[serde(default)]
+    exp: Option<u64>,
+    client_id: Option<String>,
+    sub: Option<String>,
+    client_system_user: Option<String>,
+    client_db: Option<String>,
+}
+
+/// The identity service could not answer; the request gets 503.
+pub const UNAVAILABLE: Rejection = Rejection::Unavailable("the identity service is unavailable; retry later");
+
+/// Reads an introspection answer. `status` is the callout's `:status`,
+/// `body` its body (already bounded by the caller). Any malformed or
+/// unexpected answer is [`UNAVAILABLE`].
+pub fn read_answer(status: Option<&str>, body: &[u8], now: u64) -> Result<Answer, Rejection> {
+    if status != Some("200") {
+        return Err(UNAVAILABLE);
+    }
+    let response: Response = serde_json::from_slice(body).map_err(|_| UNAVAILABLE)?;
+    if !response.active {
+        return Ok(Answer::Inactive);
+    }
+    if response.exp.is_some_and(|exp| exp <= now) {
+        return Ok(Answer::Inactive);
+    }
+    let kind = if response.sub.is_some() {
+        PrincipalKind::ReferenceUser
+    } else {
+        PrincipalKind::ReferenceService
+    };
+    Ok(Answer::Active(Principal {
+        kind,
+        client_id: response.client_id,
+        subject: response.sub,
+        client_db: response.client_db,
+        system_user: response.client_system_user,
+        scopes: response.scope.map(ScopeClaim::into_scopes).unwrap_or_default(),
+        expires_at: response.exp.unwrap_or(u64::MAX),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn config() -> IntrospectionConfig {
+        serde_json::from_value(serde_json::json!({
+            "cluster": "identity",
+            "authority": "idp.erp.test",
+            "client_id": "erp-edge validator",
+            "client_secret": "s3cr:et&",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let c = config();
+        assert_eq!(c.path, "/id/connect/introspect");
+        assert_eq!(c.timeout_ms, 1000);
+        assert_eq!(c.cache_max_ttl_seconds, 30);
+        assert_eq!(c.negative_cache_ttl_seconds, 5);
+        assert_eq!(c.cache_max_entries, 10_000);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn callout_is_a_form_post_with_basic_auth() {
+        let callout = config().callout("enrt_AB+/=");
+        let header = |name: &str| callout.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
+        assert_eq!(header(":method").as_deref(), Some("POST"));
+        assert_eq!(header(":path").as_deref(), Some("/id/connect/introspect"));
+        assert_eq!(header(":authority").as_deref(), Some("idp.erp.test"));
+        assert_eq!(
+            header("content-type").as_deref(),
+            Some("application/x-www-form-urlencoded")
+        );
+        let basic = header("authorization").unwrap();
+        let decoded = STANDARD.decode(basic.strip_prefix("Basic ").unwrap()).unwrap();
+        assert_eq!(decoded, b"erp-edge+validator:s3cr%3Aet%26");
+        assert_eq!(
+            String::from_utf8(callout.body).unwrap(),
+            "token=enrt_AB%2B%2F%3D&token_type_hint=access_token"
+        );
+    }
+
+    #[test]
+    fn ranges_are_checked_by_field() {
+        let mut c = config();
+        c.cache_max_ttl_seconds = 3600;
+        assert_eq!(c.validate().unwrap_err().field, "introspection.cache_max_ttl_seconds");
+        let mut c = config();
+        c.timeout_ms = 0;
+        assert_eq!(c.validate().unwrap_err().field, "introspection.timeout_ms");
+    }
+
+    #[test]
+    fn active_answer_gives_a_principal() {
+        let body =
+            br#"{"active":true,"scope":"read update","exp":1700000100,"client_id":"app","sub":"u1","client_db":"E1"}"#;
+        let Answer::Active(p) = read_answer(Some("200"), body, NOW).unwrap() else {
+            panic!()
+        };
+        assert_eq!(p.kind, PrincipalKind::ReferenceUser);
+        assert_eq!(p.scopes, ["read", "update"]);
+        assert_eq!(p.expires_at, 1_700_000_100);
+        assert_eq!(p.subject.as_deref(), Some("u1"));
+    }
+
+    #[test]
+    fn service_token_has_no_subject_and_scope_may_be_an_array() {
+        let body = br#"{"active":true,"scope":["read"],"client_system_user":"svc@erp"}"#;
+        let Answer::Active(p) = read_answer(Some("200"), body, NOW).unwrap() else {
+            panic!()
+        };
+        assert_eq!(p.kind, PrincipalKind::ReferenceService);
+        assert_eq!(p.scopes, ["read"]);
+        assert_eq!(p.system_user.as_deref(), Some("svc@erp"));
+    }
+
+    #[test]
+    fn inactive_and_already_expired_answers_are_inactive() {
+        assert_eq!(
+            read_answer(Some("200"), br#"{"active":false}"#, NOW),
+            Ok(Answer::Inactive)
+        );
+        assert_eq!(
+            read_answer(Some("200"), br#"{"active":true,"exp":1699999999}"#, NOW),
+            Ok(Answer::Inactive)
+        );
+    }
+
+    #[test]
+    fn anything_else_is_unavailable_not_unauthorized() {
+        let cases: [(Option<&str>, &[u8]); 7] = [
+            (Some("500"), br#"{"active":false}"#),
+            (Some("401"), br#"{"error":"invalid_client"}"#),
+            (Some("503"), b""),
+            (None, b""),
+            (Some("200"), b"<html>"),
+            (Some("200"), br#"{"scope":"read"}"#),
+            (Some("200"), br#"{"active":"yes"}"#),
+        ];
+        for (status, body) in cases {
+            assert_eq!(read_answer(status, body, NOW), Err(UNAVAILABLE), "{status:?}");
+        }
+    }
+}
