@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::introspection::IntrospectionConfig;
 use crate::jwks::KeySet;
+use crate::key_refresh::RemoteJwksConfig;
 use crate::policy::{Policy, RouteRule, UnmatchedRoutes};
 
 /// Algorithms the verifier can use. HMAC and `none` are deliberately absent:
@@ -45,6 +46,10 @@ pub struct RawConfig {
     /// Signing keys inline, as a JWKS document (`{"keys": [...]}`).
     #[serde(default)]
     pub jwks: Option<serde_json::Value>,
+    /// Signing keys fetched from the identity service. At least one of
+    /// `jwks` and `remote_jwks` is required; both may be given.
+    #[serde(default)]
+    pub remote_jwks: Option<RemoteJwksConfig>,
     /// How `enrt_` reference tokens are introspected. Absent: reference
     /// tokens are refused with 401.
     #[serde(default)]
@@ -172,6 +177,7 @@ pub struct Config {
     pub max_token_bytes: usize,
     /// Keys from the inline `jwks` field.
     pub inline_keys: KeySet,
+    pub remote_jwks: Option<RemoteJwksConfig>,
     pub introspection: Option<IntrospectionConfig>,
     pub policy: Policy,
     /// Lower-cased API-key header names.
@@ -254,11 +260,15 @@ impl RawConfig {
                 keys
             }
         };
-        if inline_keys.is_empty() {
-            return Err(ConfigError::new(
-                "jwks",
-                "no signing keys: give the issuer's JWKS inline",
-            ));
+        match &self.remote_jwks {
+            Some(remote) => remote.validate()?,
+            None if inline_keys.is_empty() => {
+                return Err(ConfigError::new(
+                    "jwks",
+                    "no signing keys: give the issuer's JWKS inline or `remote_jwks`",
+                ));
+            }
+            None => {}
         }
         if let Some(introspection) = &self.introspection {
             introspection.validate()?;
@@ -311,6 +321,7 @@ impl RawConfig {
             require_at_jwt_typ: self.require_at_jwt_typ,
             max_token_bytes: self.max_token_bytes,
             inline_keys,
+            remote_jwks: self.remote_jwks,
             introspection: self.introspection,
             policy,
             api_key_headers,

@@ -32,6 +32,19 @@ pub enum Decision {
     /// A well-formed reference token: look in the cache, else introspect
     /// `token`, then [`Engine::finish_reference`].
     Introspect { pending: PendingReference, token: String },
+    /// A JWT signed by a key the filter does not know yet while keys come
+    /// from the identity service: refetch the keys (if allowed), then
+    /// [`Engine::finish_jwt`].
+    AwaitKeys(PendingJwt),
+}
+
+/// A request whose JWT waits for fresh signing keys. Holds the token in
+/// memory for the length of the wait only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingJwt {
+    token: String,
+    access: Access,
+    credential_header: String,
 }
 
 /// A request waiting for the identity service's word on its reference token.
@@ -75,11 +88,6 @@ impl Engine {
         &self.config
     }
 
-    /// The keys a JWT is checked against.
-    pub fn keys(&self) -> &KeySet {
-        &self.config.inline_keys
-    }
-
     fn claim_rules(&self) -> ClaimRules<'_> {
         ClaimRules {
             issuers: &self.config.issuers,
@@ -90,9 +98,10 @@ impl Engine {
         }
     }
 
-    /// Decides a request. `now` is seconds since the epoch.
-    pub fn decide(&self, request: &RequestHead<'_>, now: u64) -> Decision {
-        match self.try_decide(request, now) {
+    /// Decides a request against the current signing `keys`. `now` is
+    /// seconds since the epoch.
+    pub fn decide(&self, request: &RequestHead<'_>, keys: &KeySet, now: u64) -> Decision {
+        match self.try_decide(request, keys, now) {
             Ok(decision) => decision,
             Err(rejection) => Decision::Deny(rejection),
         }
@@ -114,7 +123,20 @@ impl Engine {
         }
     }
 
-    fn try_decide(&self, request: &RequestHead<'_>, now: u64) -> Result<Decision, Rejection> {
+    /// Decides a JWT request after a key refresh (or the end of the wait):
+    /// an unknown `kid` now is final.
+    pub fn finish_jwt(&self, pending: &PendingJwt, keys: &KeySet, now: u64) -> Decision {
+        let result = self
+            .verify_jwt(&pending.token, keys, now)
+            .map_err(Rejection::from)
+            .and_then(|principal| self.allow(&pending.access, principal, &pending.credential_header));
+        match result {
+            Ok(allowed) => Decision::Allow(allowed),
+            Err(rejection) => Decision::Deny(rejection),
+        }
+    }
+
+    fn try_decide(&self, request: &RequestHead<'_>, keys: &KeySet, now: u64) -> Result<Decision, Rejection> {
         let access = self.config.policy.access(request.method, request.path)?;
         if *access == Access::Public {
             return Ok(Decision::Allow(Allowed {
@@ -129,10 +151,15 @@ impl Engine {
             self.config.max_token_bytes,
         )?;
         match credential.kind {
-            TokenKind::Jwt => {
-                let principal = self.verify_jwt(credential.token, now)?;
-                self.allow(access, principal, credential.header).map(Decision::Allow)
-            }
+            TokenKind::Jwt => match self.verify_jwt(credential.token, keys, now) {
+                Ok(principal) => self.allow(access, principal, credential.header).map(Decision::Allow),
+                Err(JwtError::UnknownKey) if self.config.remote_jwks.is_some() => Ok(Decision::AwaitKeys(PendingJwt {
+                    token: credential.token.to_owned(),
+                    access: access.clone(),
+                    credential_header: credential.header.to_owned(),
+                })),
+                Err(e) => Err(e.into()),
+            },
             TokenKind::Reference => self.reference(access, &credential),
         }
     }
@@ -154,8 +181,11 @@ impl Engine {
         })
     }
 
-    fn verify_jwt(&self, token: &str, now: u64) -> Result<Principal, Rejection> {
-        jwt::verify(token, self.keys(), &self.claim_rules(), now).map_err(|e: JwtError| e.into())
+    fn verify_jwt(&self, token: &str, keys: &KeySet, now: u64) -> Result<Principal, JwtError> {
+        if keys.is_empty() {
+            return Err(JwtError::NoKeys);
+        }
+        jwt::verify(token, keys, &self.claim_rules(), now)
     }
 
     /// Checks the route's scopes and builds what the upstream receives.
@@ -181,7 +211,12 @@ mod tests {
     use serde_json::json;
 
     fn decide(method: &str, path: &str, headers: &[(&str, &str)]) -> Decision {
-        testkit::engine().decide(&RequestHead { method, path, headers }, NOW)
+        let engine = testkit::engine();
+        engine.decide(
+            &RequestHead { method, path, headers },
+            &engine.config().inline_keys,
+            NOW,
+        )
     }
 
     fn denied(d: Decision) -> Rejection {
@@ -267,6 +302,7 @@ mod tests {
                 path: "/api/domain/x",
                 headers: &[header],
             },
+            &engine.config().inline_keys,
             NOW,
         ) {
             Decision::Introspect { pending, token } => {
@@ -301,6 +337,7 @@ mod tests {
                     path: "/api/domain/x",
                     headers: &[("x-api-key", token)],
                 },
+                &engine.config().inline_keys,
                 NOW,
             );
             assert_eq!(
@@ -358,10 +395,73 @@ mod tests {
                 path: "/api/domain/x",
                 headers: &headers,
             },
+            &engine.config().inline_keys,
             NOW,
         ) else {
             panic!("denied")
         };
         assert_eq!(allowed.remove_header.as_deref(), Some("x-api-key"));
+    }
+}
+
+#[cfg(test)]
+mod remote_key_tests {
+    use super::*;
+    use crate::testkit::{self, NOW};
+    use serde_json::json;
+
+    fn remote_engine() -> Engine {
+        Engine::new(testkit::config_from(|d| {
+            d["remote_jwks"] = json!({"cluster": "identity", "authority": "idp"});
+        }))
+    }
+
+    fn request(token: &str) -> (String, Vec<(&'static str, String)>) {
+        ("GET".into(), vec![("authorization", format!("Bearer {token}"))])
+    }
+
+    fn decide(engine: &Engine, token: &str, keys: &KeySet) -> Decision {
+        let (method, headers) = request(token);
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        engine.decide(
+            &RequestHead {
+                method: &method,
+                path: "/api/domain/x",
+                headers: &headers,
+            },
+            keys,
+            NOW,
+        )
+    }
+
+    #[test]
+    fn unknown_kid_waits_for_keys_when_they_come_from_the_identity_service() {
+        let engine = remote_engine();
+        let token = testkit::token_with(|h, _| h["kid"] = json!("rotated"));
+        let Decision::AwaitKeys(pending) = decide(&engine, &token, &engine.config().inline_keys) else {
+            panic!()
+        };
+        assert_eq!(
+            engine.finish_jwt(&pending, &engine.config().inline_keys, NOW),
+            Decision::Deny(Rejection::InvalidToken("the token's signing key is not known"))
+        );
+    }
+
+    #[test]
+    fn unknown_kid_is_final_with_inline_keys_only() {
+        let engine = testkit::engine();
+        let token = testkit::token_with(|h, _| h["kid"] = json!("rotated"));
+        assert!(matches!(
+            decide(&engine, &token, &engine.config().inline_keys),
+            Decision::Deny(Rejection::InvalidToken(_))
+        ));
+    }
+
+    #[test]
+    fn no_keys_yet_is_unavailable_not_invalid() {
+        let engine = remote_engine();
+        let token = testkit::token(&["read"]);
+        let d = decide(&engine, &token, &KeySet::default());
+        assert!(matches!(d, Decision::Deny(Rejection::Unavailable(_))), "{d:?}");
     }
 }

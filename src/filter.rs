@@ -8,7 +8,7 @@
 //! shared data lets one worker call while the others poll the shared cache
 //! on a short tick.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -19,8 +19,10 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Metr
 
 use crate::cache::{Claim, Flight, ReferenceCache, SharedStore, TokenHash};
 use crate::config::Config;
-use crate::decision::{Decision, Engine, PendingReference, RequestHead};
+use crate::decision::{Decision, Engine, PendingJwt, PendingReference, RequestHead};
 use crate::introspection::{self, Answer, UNAVAILABLE};
+use crate::jwks::KeySet;
+use crate::key_refresh::{KeySync, Reason};
 use crate::rejection::Rejection;
 
 proxy_wasm::main! {{
@@ -39,6 +41,10 @@ getrandom::register_custom_getrandom!(no_randomness);
 const REMOTE_POLL: Duration = Duration::from_millis(20);
 /// How long a failed callout is shared with the requests already waiting.
 const FAILURE_SHARED_MS: u64 = 250;
+/// How often a worker checks for new signing keys and whether a fetch is due.
+const KEY_CHECK: Duration = Duration::from_millis(250);
+/// Right away (the next tick of the event loop).
+const NOW_TICK: Duration = Duration::from_millis(1);
 
 /// Envoy's shared data, visible to every worker.
 struct HostStore;
@@ -71,6 +77,8 @@ struct Metrics {
     unavailable_503: u32,
     introspections: u32,
     cache_hits: u32,
+    jwks_fetches: u32,
+    jwks_fetch_failures: u32,
 }
 
 impl Metrics {
@@ -85,6 +93,8 @@ impl Metrics {
             unavailable_503: counter("unavailable_503")?,
             introspections: counter("introspections")?,
             cache_hits: counter("reference_cache_hits")?,
+            jwks_fetches: counter("jwks_fetches")?,
+            jwks_fetch_failures: counter("jwks_fetch_failures")?,
         })
     }
 
@@ -111,6 +121,20 @@ struct Shared {
     metrics: Option<Metrics>,
     cache: Option<ReferenceCache>,
     coordinator: RefCell<Coordinator>,
+    /// The signing keys requests are checked against: inline ones plus the
+    /// last published remote set, re-parsed only when its version changes.
+    keys: RefCell<KeySet>,
+    key_version: Cell<u64>,
+    key_sync: Option<KeySync>,
+    /// The tick period last asked of Envoy (asking again restarts the timer).
+    tick: Cell<Duration>,
+}
+
+/// A request whose JWT names a `kid` the worker does not know yet.
+struct KeyWaiter {
+    context_id: u32,
+    pending: PendingJwt,
+    deadline_ms: u64,
 }
 
 /// A paused request and what it waits for.
@@ -141,6 +165,12 @@ struct Coordinator {
     /// Tokens another worker is introspecting: the claim's deadline (ms),
     /// and the token, kept only to take over if that worker never answers.
     remote: HashMap<TokenHash, (u64, String)>,
+    /// Requests waiting for fresh signing keys.
+    key_waiters: Vec<KeyWaiter>,
+    /// An unknown `kid` asked for an early key fetch.
+    force_key_fetch: bool,
+    /// The JWKS fetch this worker has in flight.
+    jwks_callout: Option<u32>,
 }
 
 impl Shared {
@@ -182,8 +212,8 @@ impl Shared {
                 log::info!("erp-edge-validator: denied {what}: {rejection}");
                 self.reply(&rejection)
             }
-            Decision::Introspect { pending, .. } => {
-                log::error!("erp-edge-validator: {} left undecided", pending.fingerprint());
+            Decision::Introspect { .. } | Decision::AwaitKeys(_) => {
+                log::error!("erp-edge-validator: {what} left undecided");
                 self.reply(&Rejection::Unavailable("the request could not be decided"))
             }
         }
@@ -232,7 +262,6 @@ impl Shared {
             Claim::Theirs { deadline_ms } => {
                 log::debug!("erp-edge-validator: {} waits for another worker", pending.fingerprint());
                 coordinator.remote.insert(hash, (deadline_ms, token.to_owned()));
-                let _ = hostcalls::set_tick_period(REMOTE_POLL);
             }
             Claim::Mine => {
                 if let Err(rejection) = self.dispatch(&mut coordinator, &hash, token, context_id, now_ms) {
@@ -241,7 +270,175 @@ impl Shared {
             }
         }
         coordinator.waiters.insert(hash, vec![Waiter { context_id, pending }]);
+        drop(coordinator);
+        self.retick();
         None
+    }
+
+    /// The tick period the current work needs.
+    fn desired_tick(&self) -> Duration {
+        let c = self.coordinator.borrow();
+        if !c.orphans.is_empty() || c.force_key_fetch {
+            NOW_TICK
+        } else if !c.remote.is_empty() || !c.key_waiters.is_empty() {
+            REMOTE_POLL
+        } else if self.key_sync.is_some() {
+            KEY_CHECK
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// Asks Envoy for the tick period the work needs, if it changed.
+    fn retick(&self) {
+        let period = self.desired_tick();
+        if period != self.tick.get() && hostcalls::set_tick_period(period).is_ok() {
+            self.tick.set(period);
+        }
+    }
+
+    /// A JWT names an unknown `kid`: wait for a key fetch already in flight,
+    /// or force one if the cooldown allows; otherwise decide now.
+    fn await_keys(&self, context_id: u32, pending: PendingJwt, now: u64) -> Option<Decision> {
+        let Some(sync) = &self.key_sync else {
+            return Some(self.engine.finish_jwt(&pending, &self.keys.borrow(), now));
+        };
+        let Some((_, now_ms)) = self::now() else {
+            return Some(Decision::Deny(Rejection::Unavailable("the clock is unavailable")));
+        };
+        let in_flight = sync.in_flight(&HostStore, now_ms);
+        let mut coordinator = self.coordinator.borrow_mut();
+        if !in_flight && !coordinator.force_key_fetch {
+            if !sync.may_force(&HostStore, now_ms) {
+                drop(coordinator);
+                return Some(self.engine.finish_jwt(&pending, &self.keys.borrow(), now));
+            }
+            coordinator.force_key_fetch = true;
+        }
+        let timeout_ms = self.engine.config().remote_jwks.as_ref().map_or(2000, |r| r.timeout_ms);
+        coordinator.key_waiters.push(KeyWaiter {
+            context_id,
+            pending,
+            deadline_ms: now_ms.saturating_add(timeout_ms).saturating_add(500),
+        });
+        drop(coordinator);
+        self.retick();
+        None
+    }
+
+    /// Tick: pick up a newly published key set, fetch keys when due (or
+    /// forced), and decide the requests that waited for keys.
+    fn tick_keys(&self) {
+        let Some(sync) = &self.key_sync else { return };
+        let Some((now, now_ms)) = now() else { return };
+        if let Some((version, body)) = sync.newer_than(&HostStore, self.key_version.get()) {
+            match KeySet::from_json(&body, &self.engine.config().algorithms) {
+                Ok(remote) => {
+                    log::info!("erp-edge-validator: signing keys v{version}: {:?}", remote.kids());
+                    *self.keys.borrow_mut() = self.engine.config().inline_keys.merged(&remote);
+                }
+                Err(e) => log::error!("erp-edge-validator: published key set v{version} unreadable: {e}"),
+            }
+            self.key_version.set(version);
+        }
+        let forced = std::mem::take(&mut self.coordinator.borrow_mut().force_key_fetch);
+        if self.coordinator.borrow().jwks_callout.is_none()
+            && ((forced && sync.try_claim(&HostStore, Reason::UnknownKid, now_ms))
+                || sync.try_claim(&HostStore, Reason::Periodic, now_ms))
+        {
+            self.fetch_keys(sync, now_ms);
+        }
+        let in_flight = sync.in_flight(&HostStore, now_ms);
+        let ready: Vec<KeyWaiter> = {
+            let mut c = self.coordinator.borrow_mut();
+            let waiters = std::mem::take(&mut c.key_waiters);
+            let (ready, waiting) = waiters.into_iter().partition(|w| !in_flight || w.deadline_ms <= now_ms);
+            c.key_waiters = waiting;
+            ready
+        };
+        for waiter in ready {
+            if hostcalls::set_effective_context(waiter.context_id).is_err() {
+                continue;
+            }
+            let decision = self.engine.finish_jwt(&waiter.pending, &self.keys.borrow(), now);
+            if self.apply(decision, "a request that waited for signing keys") {
+                let _ = hostcalls::resume_http_request();
+            }
+        }
+    }
+
+    /// Sends the JWKS fetch (from the root context's tick, so the answer
+    /// comes back to the root context, which lives as long as the VM).
+    fn fetch_keys(&self, sync: &KeySync, now_ms: u64) {
+        let Some(config) = &self.engine.config().remote_jwks else {
+            return;
+        };
+        let callout = config.callout();
+        let headers: Vec<(&str, &str)> = callout.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        match hostcalls::dispatch_http_call(
+            &config.cluster,
+            headers,
+            None,
+            Vec::new(),
+            Duration::from_millis(config.timeout_ms),
+        ) {
+            Ok(id) => {
+                log::debug!("erp-edge-validator: fetching signing keys");
+                self.coordinator.borrow_mut().jwks_callout = Some(id);
+            }
+            Err(status) => {
+                log::warn!(
+                    "erp-edge-validator: cannot fetch signing keys from cluster `{}`: {status:?}",
+                    config.cluster
+                );
+                sync.finish(&HostStore, now_ms, None);
+            }
+        }
+    }
+
+    /// The JWKS fetch answered: publish a good set, keep the old one otherwise.
+    fn on_keys_fetched(&self, body_size: usize) {
+        let (Some(sync), Some(config)) = (&self.key_sync, &self.engine.config().remote_jwks) else {
+            return;
+        };
+        let (_, now_ms) = now().unwrap_or((0, 0));
+        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .map(|s| String::from_utf8_lossy(&s).into_owned());
+        let result = if body_size > config.max_bytes {
+            Err(format!("{body_size} bytes is over the {}-byte limit", config.max_bytes))
+        } else {
+            let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            config
+                .read(status.as_deref(), &body, &self.engine.config().algorithms)
+                .map(|keys| (keys, body))
+        };
+        match result {
+            Ok((keys, body)) => {
+                if !keys.skipped().is_empty() {
+                    log::warn!("erp-edge-validator: skipped signing keys: {}", keys.skipped_summary());
+                }
+                if let Some(m) = &self.metrics {
+                    Metrics::bump(m.jwks_fetches);
+                }
+                sync.finish(&HostStore, now_ms, Some(&body));
+            }
+            Err(e) => {
+                log::warn!("erp-edge-validator: signing key fetch failed, keeping the last good set: {e}");
+                if let Some(m) = &self.metrics {
+                    Metrics::bump(m.jwks_fetch_failures);
+                }
+                sync.finish(&HostStore, now_ms, None);
+            }
+        }
+        // Pick the new set up and decide the waiters on the next tick, now.
+        if hostcalls::set_tick_period(NOW_TICK).is_ok() {
+            self.tick.set(NOW_TICK);
+        }
     }
 
     /// Sends the introspection callout for a token this worker has claimed.
@@ -289,6 +486,18 @@ impl Shared {
     /// A callout answered (or failed): cache the answer, share it, and
     /// decide every request waiting for it.
     fn on_callout(&self, callout_id: u32, body_size: usize) {
+        let is_jwks = {
+            let mut c = self.coordinator.borrow_mut();
+            let is = c.jwks_callout == Some(callout_id);
+            if is {
+                c.jwks_callout = None;
+            }
+            is
+        };
+        if is_jwks {
+            self.on_keys_fetched(body_size);
+            return;
+        }
         let Some(Callout { hash, .. }) = self.coordinator.borrow_mut().callouts.remove(&callout_id) else {
             return;
         };
@@ -388,13 +597,6 @@ impl Shared {
                 _ => self.take_over(cache, &hash, root_id, now_ms),
             }
         }
-        let coordinator = self.coordinator.borrow();
-        let period = match (coordinator.remote.is_empty(), coordinator.orphans.is_empty()) {
-            (true, true) => Duration::ZERO,
-            (_, false) => Duration::from_millis(1),
-            (false, true) => REMOTE_POLL,
-        };
-        let _ = hostcalls::set_tick_period(period);
     }
 
     /// A request's stream ended. If it owned a callout others still wait
@@ -422,9 +624,8 @@ impl Shared {
                 }
             }
         }
-        if !coordinator.orphans.is_empty() {
-            let _ = hostcalls::set_tick_period(Duration::from_millis(1));
-        }
+        drop(coordinator);
+        self.retick();
     }
 
     /// Makes the callout another worker was meant to make.
@@ -492,9 +693,10 @@ impl RootContext for Root {
             }
         };
         log::info!(
-            "erp-edge-validator: configured: {} signing key(s) {:?}, {} issuer(s), reference tokens {}",
+            "erp-edge-validator: configured: {} inline signing key(s) {:?}, remote keys {}, {} issuer(s), reference tokens {}",
             config.inline_keys.len(),
             config.inline_keys.kids(),
+            config.remote_jwks.as_ref().map_or("off", |_| "on"),
             config.issuers.len(),
             if config.introspection.is_some() {
                 "introspected"
@@ -522,18 +724,38 @@ impl RootContext for Root {
                 i.negative_cache_ttl_seconds,
             )
         });
-        self.shared = Some(Rc::new(Shared {
+        let key_sync = config.remote_jwks.as_ref().map(|r| {
+            let id = crate::cache::fingerprint(&crate::cache::hash_token(&format!(
+                "{}|{}|{}",
+                r.cluster, r.authority, r.path
+            )));
+            KeySync::new(&format!("erp_edge_validator.{id}"), r)
+        });
+        let keys = config.inline_keys.clone();
+        let shared = Rc::new(Shared {
             engine: Engine::new(config),
             metrics: Metrics::define(),
             cache,
             coordinator: RefCell::new(Coordinator::default()),
-        }));
+            keys: RefCell::new(keys),
+            key_version: Cell::new(0),
+            key_sync,
+            tick: Cell::new(Duration::ZERO),
+        });
+        if shared.key_sync.is_some() {
+            // The first tick picks up published keys or fetches them.
+            let _ = hostcalls::set_tick_period(NOW_TICK);
+            shared.tick.set(NOW_TICK);
+        }
+        self.shared = Some(shared);
         true
     }
 
     fn on_tick(&mut self) {
         if let Some(shared) = &self.shared {
+            shared.tick_keys();
             shared.poll_remote(self.context_id);
+            shared.retick();
         }
     }
 
@@ -618,12 +840,14 @@ impl HttpContext for Http {
             shared.reply(&Rejection::Unavailable("the clock is unavailable"));
             return Action::Pause;
         };
-        let decision = match shared.engine.decide(&request, now) {
-            Decision::Introspect { pending, token } => match shared.introspect(self.context_id, pending, &token) {
-                Some(decision) => decision,
-                None => return Action::Pause,
-            },
-            decision => decision,
+        let decision = shared.engine.decide(&request, &shared.keys.borrow(), now);
+        let decision = match decision {
+            Decision::Introspect { pending, token } => shared.introspect(self.context_id, pending, &token),
+            Decision::AwaitKeys(pending) => shared.await_keys(self.context_id, pending, now),
+            decision => Some(decision),
+        };
+        let Some(decision) = decision else {
+            return Action::Pause;
         };
         if shared.apply(decision, &what) {
             Action::Continue

@@ -103,6 +103,18 @@ impl KeySet {
         Ok(set)
     }
 
+    /// These keys, then `other`'s under `kid`s not already present.
+    pub fn merged(&self, other: &KeySet) -> KeySet {
+        let mut keys = self.keys.clone();
+        for (kid, key) in &other.keys {
+            keys.entry(kid.clone()).or_insert_with(|| key.clone());
+        }
+        KeySet {
+            keys,
+            skipped: other.skipped.clone(),
+        }
+    }
+
     /// The key for a token's `kid`.
     pub fn get(&self, kid: &str) -> Option<&VerificationKey> {
         self.keys.get(kid)

@@ -29,6 +29,9 @@ pub enum JwtError {
     /// The token names a `kid` that is not in the key set. Kept apart from
     /// other failures: it may mean the issuer rotated its keys.
     UnknownKey,
+    /// No signing keys at all yet (remote keys not fetched): the token may
+    /// be fine, so this is 503, not 401.
+    NoKeys,
     /// Any other failure; the text is safe to send to the client.
     Invalid(&'static str),
 }
@@ -37,6 +40,7 @@ impl From<JwtError> for Rejection {
     fn from(e: JwtError) -> Self {
         match e {
             JwtError::UnknownKey => Rejection::InvalidToken("the token's signing key is not known"),
+            JwtError::NoKeys => Rejection::Unavailable("the signing keys are not available yet; retry later"),
             JwtError::Invalid(reason) => Rejection::InvalidToken(reason),
         }
     }
@@ -309,6 +313,22 @@ mod tests {
         for t in ["garbage", "a.b", "a.b.c", "eyJ.eyJ.sig", "....", "e30.e30.e30"] {
             assert!(matches!(verify_with(t), Err(JwtError::Invalid(_))), "{t}");
         }
+    }
+
+    #[test]
+    fn a_set_with_unusable_keys_still_verifies_with_the_good_one() {
+        let config = testkit::config();
+        let good = testkit::jwks()["keys"][0].clone();
+        let doc = json!({"keys": [
+            {"kty": "EC", "kid": "ec-1", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
+            {"kty": "RSA", "kid": "enc-1", "use": "enc", "n": good["n"], "e": "AQAB"},
+            testkit::small_rsa_jwk("rsa-1024"),
+            good,
+        ]});
+        let keys = KeySet::from_value(&doc, &config.algorithms).unwrap();
+        assert_eq!(keys.skipped().len(), 3);
+        let p = verify(&testkit::token(&["read"]), &keys, &testkit::rules(&config), NOW).unwrap();
+        assert_eq!(p.scopes, ["read"]);
     }
 
     #[test]

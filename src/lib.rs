@@ -15,6 +15,7 @@ pub mod decision;
 pub mod introspection;
 pub mod jwks;
 pub mod jwt;
+pub mod key_refresh;
 pub mod policy;
 pub mod principal;
 pub mod rejection;

@@ -176,6 +176,7 @@ fn identity_service_down_gives_503() {
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let stack = Stack::start(StackOptions {
         identity_override: Some(closed),
+        inline_jwks: true,
         ..StackOptions::default()
     })
     .unwrap();

@@ -60,9 +60,50 @@ pub fn send_raw(addr: SocketAddr, raw: &[u8]) -> Result<Response, Error> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     stream.write_all(raw)?;
+    // Read until the message is complete, not until EOF: Envoy delays the
+    // close of a local reply by up to a second for the client to close first.
     let mut data = Vec::new();
-    stream.read_to_end(&mut data)?;
-    parse(&data)
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        if let Some(response) = complete(&data)? {
+            return Ok(response);
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return parse(&data);
+        }
+        data.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The response, once `data` holds all of it (by content-length or the last
+/// chunk); `None` while more is to come.
+fn complete(data: &[u8]) -> Result<Option<Response>, Error> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    let head_len = match response.parse(data)? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let header = |name: &str| {
+        response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
+    };
+    let done = if let Some(length) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        data.len() >= head_len + length
+    } else if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        data[head_len..].ends_with(b"0\r\n\r\n")
+    } else {
+        false
+    };
+    if done {
+        parse(data).map(Some)
+    } else {
+        Ok(None)
+    }
 }
 
 fn parse(data: &[u8]) -> Result<Response, Error> {
@@ -87,7 +128,15 @@ fn parse(data: &[u8]) -> Result<Response, Error> {
     let chunked = headers
         .iter()
         .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    let body = if chunked { dechunk(rest)? } else { rest.to_vec() };
+    let length = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok());
+    let body = match (chunked, length) {
+        (true, _) => dechunk(rest)?,
+        (false, Some(n)) => rest.get(..n).unwrap_or(rest).to_vec(),
+        (false, None) => rest.to_vec(),
+    };
     Ok(Response { status, headers, body })
 }
 

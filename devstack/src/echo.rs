@@ -38,6 +38,11 @@ impl Echo {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Forgets the requests seen so far.
+    pub fn clear(&self) {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// How many requests arrived.
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).len()

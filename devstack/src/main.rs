@@ -70,7 +70,7 @@ fn run() -> Result<(), Error> {
     }
     let idp = Idp::start(&format!("127.0.0.1:{}", port("IDP_PORT", 9080)?))?;
     let echo = Echo::start(&format!("127.0.0.1:{}", port("ECHO_PORT", 9081)?))?;
-    let config = stack::filter_config(&idp, None)?;
+    let config = stack::filter_config(None)?;
     let yaml = envoy::render(
         &Placeholders {
             bind_address: "127.0.0.1".into(),
@@ -85,9 +85,31 @@ fn run() -> Result<(), Error> {
         &config,
     )?;
     let envoy = Envoy::start(&yaml, &EnvoyOptions::default())?;
+    wait_for_keys(&idp, &envoy)?;
     print_examples(&idp, &envoy.listener, &envoy.admin);
     // Ctrl-C reaches Envoy and this process alike; Envoy also dies with us.
     park_forever()
+}
+
+/// Waits until the filter has fetched the emulator's keys, so the printed
+/// commands work the moment they appear.
+fn wait_for_keys(idp: &Idp, envoy: &Envoy) -> Result<(), Error> {
+    let auth = format!("Bearer {}", idp.access_token(&["read"]));
+    for _ in 0..300 {
+        let r = erp_devstack::client::request(
+            envoy.listener,
+            "GET",
+            "/api/domain/probe",
+            &[("authorization", &auth)],
+            b"",
+        )?;
+        if r.status == 200 {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Err(format!("the filter did not get signing keys:\n{}", envoy.log()).into())
 }
 
 fn print_examples(idp: &Idp, listener: &SocketAddr, admin: &SocketAddr) {

@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::client::{self, Response};
 use crate::echo::Echo;
 use crate::envoy::{self, Envoy, EnvoyOptions, Placeholders};
-use crate::idp::Idp;
+use crate::idp::{Fault, Idp};
 use crate::tokens::Error;
 
 /// How to start a stack.
@@ -23,6 +23,12 @@ pub struct StackOptions {
     /// Fixed ports for `make run`; free ones when `None`.
     pub listen_port: Option<u16>,
     pub admin_port: Option<u16>,
+    /// Make the emulator's JWKS endpoint misbehave from the start (and do
+    /// not wait for Envoy to have keys).
+    pub jwks_fault_at_start: Option<Fault>,
+    /// Give the filter the emulator's keys inline instead of `remote_jwks`
+    /// (for tests where the identity service is unreachable).
+    pub inline_jwks: bool,
 }
 
 /// A running stack.
@@ -36,7 +42,13 @@ impl Stack {
     pub fn start(options: StackOptions) -> Result<Self, Error> {
         let idp = Idp::start("127.0.0.1:0")?;
         let echo = Echo::start("127.0.0.1:0")?;
-        let filter_config = filter_config(&idp, options.filter_config.as_ref())?;
+        let mut filter_config = filter_config(options.filter_config.as_ref())?;
+        if options.inline_jwks {
+            envoy::merge(
+                &mut filter_config,
+                &serde_json::json!({"jwks": idp.jwks(), "remote_jwks": null}),
+            );
+        }
         let identity = options.identity_override.unwrap_or_else(|| idp.addr());
         let yaml = envoy::render(
             &Placeholders {
@@ -51,8 +63,39 @@ impl Stack {
             },
             &filter_config,
         )?;
+        if let Some(fault) = &options.jwks_fault_at_start {
+            idp.set_jwks_fault(fault.clone());
+        }
         let envoy = Envoy::start(&yaml, &options.envoy)?;
-        Ok(Self { envoy, echo, idp })
+        let stack = Self { envoy, echo, idp };
+        let remote_only = filter_config.get("remote_jwks").is_some() && filter_config.get("jwks").is_none();
+        if remote_only && options.jwks_fault_at_start.is_none() {
+            stack.wait_for_keys()?;
+        }
+        Ok(stack)
+    }
+
+    /// Waits until a JWT passes (the workers have the fetched keys), then
+    /// forgets the probe requests.
+    pub fn wait_for_keys(&self) -> Result<(), Error> {
+        let token = self.idp.access_token(&["DomainApi", "read", "update"]);
+        let auth = format!("Bearer {token}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let mut passed = 0;
+        while std::time::Instant::now() < deadline {
+            if self.get("/api/domain/probe", &[("authorization", &auth)]).status == 200 {
+                passed += 1;
+                // Every worker picks the set up within one key-check tick.
+                if passed == 1 {
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                } else {
+                    self.echo.clear();
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Err(format!("the filter never got signing keys:\n{}", self.envoy.log()).into())
     }
 
     /// Sends a request through Envoy.
@@ -80,17 +123,11 @@ impl Stack {
     }
 }
 
-/// The shipped filter configuration, patched, with the emulator's keys
-/// inline when the configuration names none.
-pub fn filter_config(idp: &Idp, patch: Option<&Value>) -> Result<Value, Error> {
+/// The shipped filter configuration with a merge patch applied.
+pub fn filter_config(patch: Option<&Value>) -> Result<Value, Error> {
     let mut config = envoy::shipped_filter_config()?;
     if let Some(patch) = patch {
         envoy::merge(&mut config, patch);
-    }
-    if let Some(object) = config.as_object_mut() {
-        if !object.contains_key("jwks") {
-            object.insert("jwks".into(), idp.jwks());
-        }
     }
     Ok(config)
 }

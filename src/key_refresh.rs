@@ -1,0 +1,379 @@
+//! Signing keys from the identity service: when to fetch, who fetches, and
+//! how a fetched JWKS is shared with every worker.
+//!
+//! Every worker's root context ticks; at most one of them fetches per period
+//! (a compare-and-swap claim in shared data). A good set is published in
+//! shared data with a version; each worker re-parses only when the version
+//! changes, on its tick, never on the request path. A failed fetch keeps the
+//! last good set and retries with backoff. A token with an unknown `kid` may
+//! force an early fetch, at most once per cooldown.
+
+use serde::Deserialize;
+
+use crate::cache::SharedStore;
+use crate::config::ConfigError;
+use crate::introspection::Callout;
+use crate::jwks::KeySet;
+
+/// `remote_jwks` in the plugin configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteJwksConfig {
+    /// Envoy cluster of the identity service. Required.
+    pub cluster: String,
+    /// `:authority` of the fetch. Required.
+    pub authority: String,
+    /// Path of the JWKS. Default `/id/.well-known/openid-configuration/jwks`.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Seconds between fetches of a good set. Default 600; 1 to 86400.
+    #[serde(default = "default_refresh")]
+    pub refresh_seconds: u64,
+    /// Fetch timeout in milliseconds. Default 2000; 100 to 30000.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Least time between fetches forced by unknown `kid`s. Default 30; 0 to 3600.
+    #[serde(default = "default_cooldown")]
+    pub unknown_kid_cooldown_seconds: u64,
+    /// Largest JWKS accepted, in bytes. Default 65536.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+}
+
+fn default_path() -> String {
+    "/id/.well-known/openid-configuration/jwks".into()
+}
+fn default_refresh() -> u64 {
+    600
+}
+fn default_timeout_ms() -> u64 {
+    2000
+}
+fn default_cooldown() -> u64 {
+    30
+}
+fn default_max_bytes() -> usize {
+    65_536
+}
+
+/// First retry after a failed fetch; doubles up to the refresh period.
+pub const FIRST_BACKOFF_MS: u64 = 1000;
+
+impl RemoteJwksConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let field = |name: &str| format!("remote_jwks.{name}");
+        let checks: [(&str, bool, &str); 7] = [
+            ("cluster", !self.cluster.is_empty(), "must name an Envoy cluster"),
+            ("authority", !self.authority.is_empty(), "must not be empty"),
+            ("path", self.path.starts_with('/'), "must start with `/`"),
+            (
+                "refresh_seconds",
+                (1..=86_400).contains(&self.refresh_seconds),
+                "must be between 1 and 86400",
+            ),
+            (
+                "timeout_ms",
+                (100..=30_000).contains(&self.timeout_ms),
+                "must be between 100 and 30000",
+            ),
+            (
+                "unknown_kid_cooldown_seconds",
+                self.unknown_kid_cooldown_seconds <= 3600,
+                "must be at most 3600",
+            ),
+            (
+                "max_bytes",
+                (1024..=1 << 20).contains(&self.max_bytes),
+                "must be between 1024 and 1048576",
+            ),
+        ];
+        for (name, ok, problem) in checks {
+            if !ok {
+                return Err(ConfigError::new(field(name), problem));
+            }
+        }
+        Ok(())
+    }
+
+    /// The fetch request.
+    pub fn callout(&self) -> Callout {
+        Callout {
+            headers: vec![
+                (":method", "GET".into()),
+                (":path", self.path.clone()),
+                (":authority", self.authority.clone()),
+                ("accept", "application/json".into()),
+            ],
+            body: Vec::new(),
+        }
+    }
+
+    /// Checks a fetched JWKS: status 200, size, a JWKS with a usable key.
+    pub fn read(&self, status: Option<&str>, body: &[u8], algorithms: &[String]) -> Result<KeySet, String> {
+        if status != Some("200") {
+            return Err(format!("status {}", status.unwrap_or("none")));
+        }
+        if body.len() > self.max_bytes {
+            return Err(format!(
+                "{} bytes is over the {}-byte limit",
+                body.len(),
+                self.max_bytes
+            ));
+        }
+        let keys = KeySet::from_json(body, algorithms)?;
+        if keys.is_empty() {
+            return Err(format!("no usable key ({})", keys.skipped_summary()));
+        }
+        Ok(keys)
+    }
+}
+
+/// The shared fetch state, one record for all workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FetchState {
+    /// A fetch is in flight until this time (ms); 0 when none.
+    pub in_flight_until_ms: u64,
+    /// No periodic fetch before this time (ms).
+    pub next_fetch_ms: u64,
+    /// Failed fetches in a row (for backoff).
+    pub failures: u32,
+    /// When an unknown `kid` last forced a fetch (ms).
+    pub last_forced_ms: u64,
+}
+
+impl FetchState {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(28);
+        v.extend_from_slice(&self.in_flight_until_ms.to_be_bytes());
+        v.extend_from_slice(&self.next_fetch_ms.to_be_bytes());
+        v.extend_from_slice(&self.failures.to_be_bytes());
+        v.extend_from_slice(&self.last_forced_ms.to_be_bytes());
+        v
+    }
+
+    fn decode(v: &[u8]) -> Option<Self> {
+        if v.len() != 28 {
+            return None;
+        }
+        let u64_at = |i: usize| v.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+        Some(Self {
+            in_flight_until_ms: u64_at(0)?,
+            next_fetch_ms: u64_at(8)?,
+            failures: u32::from_be_bytes(v.get(16..20)?.try_into().ok()?),
+            last_forced_ms: u64_at(20)?,
+        })
+    }
+}
+
+/// Why a worker fetches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The refresh period passed (or there are no keys yet).
+    Periodic,
+    /// A token named a `kid` not in the set.
+    UnknownKid,
+}
+
+/// Keys in shared data: the published set and the fetch state.
+#[derive(Debug, Clone)]
+pub struct KeySync {
+    set_key: String,
+    state_key: String,
+    refresh_ms: u64,
+    timeout_ms: u64,
+    cooldown_ms: u64,
+}
+
+impl KeySync {
+    pub fn new(prefix: &str, config: &RemoteJwksConfig) -> Self {
+        Self {
+            set_key: format!("{prefix}.jwks"),
+            state_key: format!("{prefix}.jwks.state"),
+            refresh_ms: config.refresh_seconds.saturating_mul(1000),
+            timeout_ms: config.timeout_ms,
+            cooldown_ms: config.unknown_kid_cooldown_seconds.saturating_mul(1000),
+        }
+    }
+
+    fn state(&self, store: &dyn SharedStore) -> (FetchState, Option<u32>) {
+        let (value, cas) = store.get(&self.state_key);
+        (value.as_deref().and_then(FetchState::decode).unwrap_or_default(), cas)
+    }
+
+    /// Whether a fetch is in flight now.
+    pub fn in_flight(&self, store: &dyn SharedStore, now_ms: u64) -> bool {
+        self.state(store).0.in_flight_until_ms > now_ms
+    }
+
+    /// Whether an unknown `kid` may force a fetch now (the cooldown passed).
+    pub fn may_force(&self, store: &dyn SharedStore, now_ms: u64) -> bool {
+        let state = self.state(store).0;
+        state.last_forced_ms == 0 || now_ms >= state.last_forced_ms.saturating_add(self.cooldown_ms)
+    }
+
+    /// Claims the fetch if it is due (or forced and out of cooldown). True:
+    /// this worker fetches now.
+    pub fn try_claim(&self, store: &dyn SharedStore, reason: Reason, now_ms: u64) -> bool {
+        let (mut state, cas) = self.state(store);
+        if state.in_flight_until_ms > now_ms {
+            return false;
+        }
+        match reason {
+            Reason::Periodic if now_ms < state.next_fetch_ms => return false,
+            Reason::UnknownKid
+                if !(state.last_forced_ms == 0 || now_ms >= state.last_forced_ms.saturating_add(self.cooldown_ms)) =>
+            {
+                return false
+            }
+            Reason::UnknownKid => state.last_forced_ms = now_ms.max(1),
+            Reason::Periodic => {}
+        }
+        state.in_flight_until_ms = now_ms.saturating_add(self.timeout_ms).saturating_add(500);
+        store.set(&self.state_key, &state.encode(), Some(cas.unwrap_or(0)))
+    }
+
+    /// Records a fetch's outcome. A good set (its raw JWKS) is published with
+    /// a new version; a failure keeps the old set and backs off.
+    pub fn finish(&self, store: &dyn SharedStore, now_ms: u64, fetched: Option<&[u8]>) {
+        let (mut state, _) = self.state(store);
+        state.in_flight_until_ms = 0;
+        match fetched {
+            Some(jwks) => {
+                let version = self.published_version(store).saturating_add(1);
+                let mut value = version.to_be_bytes().to_vec();
+                value.extend_from_slice(jwks);
+                store.set(&self.set_key, &value, None);
+                state.failures = 0;
+                state.next_fetch_ms = now_ms.saturating_add(self.refresh_ms);
+            }
+            None => {
+                state.failures = state.failures.saturating_add(1);
+                let backoff = FIRST_BACKOFF_MS.saturating_mul(1u64 << (state.failures - 1).min(16));
+                state.next_fetch_ms = now_ms.saturating_add(backoff.min(self.refresh_ms.max(FIRST_BACKOFF_MS)));
+            }
+        }
+        store.set(&self.state_key, &state.encode(), None);
+    }
+
+    fn published_version(&self, store: &dyn SharedStore) -> u64 {
+        store
+            .get(&self.set_key)
+            .0
+            .and_then(|v| v.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes))
+            .unwrap_or(0)
+    }
+
+    /// The published set if its version differs from `known`.
+    pub fn newer_than(&self, store: &dyn SharedStore, known: u64) -> Option<(u64, Vec<u8>)> {
+        let value = store.get(&self.set_key).0?;
+        let version = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
+        (version != known).then(|| (version, value[8..].to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::MemoryStore;
+    use crate::testkit;
+
+    fn config() -> RemoteJwksConfig {
+        serde_json::from_value(serde_json::json!({
+            "cluster": "identity", "authority": "idp", "refresh_seconds": 10, "unknown_kid_cooldown_seconds": 30
+        }))
+        .unwrap()
+    }
+
+    fn sync() -> KeySync {
+        KeySync::new("t", &config())
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let c: RemoteJwksConfig =
+            serde_json::from_value(serde_json::json!({"cluster": "identity", "authority": "idp"})).unwrap();
+        assert_eq!(c.path, "/id/.well-known/openid-configuration/jwks");
+        assert_eq!(c.refresh_seconds, 600);
+        assert_eq!(c.timeout_ms, 2000);
+        assert_eq!(c.unknown_kid_cooldown_seconds, 30);
+        assert_eq!(c.max_bytes, 65_536);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn one_worker_fetches_per_period() {
+        let store = MemoryStore::default();
+        let s = sync();
+        assert!(s.try_claim(&store, Reason::Periodic, 1_000));
+        assert!(!s.try_claim(&store, Reason::Periodic, 1_001), "in flight");
+        s.finish(&store, 1_200, Some(b"{\"keys\":[]}"));
+        assert!(!s.try_claim(&store, Reason::Periodic, 5_000), "not due");
+        assert!(s.try_claim(&store, Reason::Periodic, 11_200), "due after the period");
+    }
+
+    #[test]
+    fn published_set_has_a_version_workers_compare() {
+        let store = MemoryStore::default();
+        let s = sync();
+        assert_eq!(s.newer_than(&store, 0), None);
+        s.try_claim(&store, Reason::Periodic, 0);
+        s.finish(&store, 10, Some(b"jwks-1"));
+        let (v1, body) = s.newer_than(&store, 0).unwrap();
+        assert_eq!((v1, body.as_slice()), (1, &b"jwks-1"[..]));
+        assert_eq!(s.newer_than(&store, v1), None, "unchanged: nothing to re-parse");
+        s.finish(&store, 20, Some(b"jwks-2"));
+        assert_eq!(s.newer_than(&store, v1).unwrap().0, 2);
+    }
+
+    #[test]
+    fn failure_keeps_the_set_and_backs_off() {
+        let store = MemoryStore::default();
+        let s = sync();
+        s.finish(&store, 0, Some(b"good"));
+        s.try_claim(&store, Reason::Periodic, 10_000);
+        s.finish(&store, 10_000, None);
+        assert_eq!(s.newer_than(&store, 0).unwrap().1, b"good");
+        assert!(!s.try_claim(&store, Reason::Periodic, 10_999));
+        assert!(s.try_claim(&store, Reason::Periodic, 11_000), "first retry after 1 s");
+        s.finish(&store, 11_000, None);
+        assert!(!s.try_claim(&store, Reason::Periodic, 12_999));
+        assert!(s.try_claim(&store, Reason::Periodic, 13_000), "then 2 s");
+    }
+
+    #[test]
+    fn unknown_kid_forces_a_fetch_once_per_cooldown() {
+        let store = MemoryStore::default();
+        let s = sync();
+        s.finish(&store, 0, Some(b"good"));
+        assert!(s.may_force(&store, 1_000));
+        assert!(s.try_claim(&store, Reason::UnknownKid, 1_000));
+        s.finish(&store, 1_100, Some(b"good"));
+        for t in [1_200, 10_000, 30_999] {
+            assert!(!s.may_force(&store, t));
+            assert!(!s.try_claim(&store, Reason::UnknownKid, t), "{t}");
+        }
+        assert!(s.try_claim(&store, Reason::UnknownKid, 31_000));
+    }
+
+    #[test]
+    fn a_fetched_set_is_checked_before_it_is_published() {
+        let c = config();
+        let algs = vec!["RS256".to_string()];
+        let good = testkit::jwks().to_string();
+        assert_eq!(c.read(Some("200"), good.as_bytes(), &algs).unwrap().len(), 1);
+        assert!(c
+            .read(Some("503"), good.as_bytes(), &algs)
+            .unwrap_err()
+            .contains("status 503"));
+        assert!(c.read(Some("200"), b"<html>", &algs).is_err());
+        assert!(c
+            .read(Some("200"), br#"{"keys":[]}"#, &algs)
+            .unwrap_err()
+            .contains("no usable key"));
+        let padded = format!("{{\"keys\":[],\"x\":\"{}\"}}", "a".repeat(70_000));
+        assert!(c
+            .read(Some("200"), padded.as_bytes(), &algs)
+            .unwrap_err()
+            .contains("over the"));
+    }
+}
