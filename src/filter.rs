@@ -68,6 +68,22 @@ fn now() -> Option<(u64, u64)> {
     ))
 }
 
+/// The answer of a callout: its `:status`, and its body unless it is larger
+/// than `max_bytes` (then `None`, without reading it).
+fn callout_answer(body_size: usize, max_bytes: usize) -> (Option<String>, Option<Vec<u8>>) {
+    let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .map(|s| String::from_utf8_lossy(&s).into_owned());
+    let body = (body_size <= max_bytes).then(|| {
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    });
+    (status, body)
+}
+
 /// Counters, visible in Envoy's stats as `wasmcustom.erp_edge_validator.*`.
 struct Metrics {
     allowed: u32,
@@ -402,20 +418,12 @@ impl Shared {
             return;
         };
         let (_, now_ms) = now().unwrap_or((0, 0));
-        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .map(|s| String::from_utf8_lossy(&s).into_owned());
-        let result = if body_size > config.max_bytes {
-            Err(format!("{body_size} bytes is over the {}-byte limit", config.max_bytes))
-        } else {
-            let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            config
+        let (status, body) = callout_answer(body_size, config.max_bytes);
+        let result = match body {
+            None => Err(format!("{body_size} bytes is over the {}-byte limit", config.max_bytes)),
+            Some(body) => config
                 .read(status.as_deref(), &body, &self.engine.config().algorithms)
-                .map(|keys| (keys, body))
+                .map(|keys| (keys, body)),
         };
         match result {
             Ok((keys, body)) => {
@@ -505,18 +513,10 @@ impl Shared {
             return;
         };
         let (now, now_ms) = now().unwrap_or((0, 0));
-        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .map(|s| String::from_utf8_lossy(&s).into_owned());
-        let answer = if body_size > config.max_response_bytes {
-            Err(UNAVAILABLE)
-        } else {
-            let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            introspection::read_answer(status.as_deref(), &body, now)
+        let (status, body) = callout_answer(body_size, config.max_response_bytes);
+        let answer = match body {
+            None => Err(UNAVAILABLE),
+            Some(body) => introspection::read_answer(status.as_deref(), &body, now),
         };
         match &answer {
             Ok(a) => {
