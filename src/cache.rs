@@ -330,7 +330,7 @@ mod tests {
     #[test]
     fn the_raw_token_is_never_stored() {
         let store = MemoryStore::default();
-        let token = "enrt_445659C00F83CCA2D427BF113EFB355319346865C0B4FE5A3C76C16271B06AFF";
+        let token = crate::testkit::EXAMPLE_PAT;
         let h = hash_token(token);
         cache().put(&store, &h, &Answer::Active(principal(NOW + 100)), NOW);
         cache().claim(&store, &h, 0, 10);

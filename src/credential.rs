@@ -116,7 +116,7 @@ mod tests {
         find(headers.iter().copied(), keys, 8192)
     }
 
-    const PAT: &str = "enrt_445659C00F83CCA2D427BF113EFB355319346865C0B4FE5A3C76C16271B06AFF";
+    const PAT: &str = crate::testkit::EXAMPLE_PAT;
 
     #[test]
     fn bearer_scheme_is_case_insensitive() {

