@@ -5,6 +5,7 @@
 #   make run     Envoy + filter + identity emulator + echo upstream; prints curl examples
 #   make lint    rustfmt and clippy (-D warnings), native and wasm32
 #   make bench   throughput through Envoy, against baselines, in one run
+#                (cargo bench: native micro-benchmarks of the verifier)
 #   make clean
 
 SHELL := /bin/bash
@@ -16,7 +17,7 @@ ENVOY := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 PYTHON ?= python3
 
-.PHONY: all build toolchain venv test unit integration run lint bench compose-config clean
+.PHONY: all build toolchain venv test run lint bench wrk compose-config clean
 
 all: build
 
@@ -31,6 +32,7 @@ $(ENVOY):
 	@$(ENVOY) --version
 
 build: toolchain
+	@if [ -n "$$RUSTFLAGS" ]; then echo "warning: RUSTFLAGS is set and replaces .cargo/config.toml (cpubits=32 for wasm32): RS256 verification gets slower" >&2; fi
 	cargo build --release --target $(WASM_TARGET) -p erp-edge-validator
 	cargo build -p erp-devstack
 	@ls -l $(WASM)
@@ -45,6 +47,17 @@ lint: toolchain
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target $(WASM_TARGET) -p erp-edge-validator --lib -- -D warnings
+
+wrk:
+	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+
+# Throughput through Envoy against baselines (no filter, a do-nothing wasm
+# filter, native jwt_authn), interleaved rounds, medians and ratios.
+# BENCH_ROUNDS (3), BENCH_SECONDS (5) and BENCH_POOL (20000) tune it.
+bench: build venv wrk
+	cargo build --release --target $(WASM_TARGET) -p noop-filter
+	cargo build --release -p erp-devstack
+	target/release/erp-devstack bench
 
 # The compose file runs the same template as the tests; this keeps its
 # rendering in the repository (a test fails when they drift).

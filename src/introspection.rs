@@ -31,7 +31,8 @@ pub struct IntrospectionConfig {
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// Longest time an active answer is trusted, in seconds: the revocation
-    /// delay. Never beyond the token's `exp`. Default 30; 1 to 300.
+    /// delay. Never beyond the token's `exp`. Default 30; 0 (ask every
+    /// time) to 300.
     #[serde(default = "default_max_ttl")]
     pub cache_max_ttl_seconds: u64,
     /// How long an inactive answer is remembered, in seconds. Default 5; 0 to 60.
@@ -83,8 +84,8 @@ impl IntrospectionConfig {
             ),
             (
                 "cache_max_ttl_seconds",
-                (1..=300).contains(&self.cache_max_ttl_seconds),
-                "must be between 1 and 300",
+                self.cache_max_ttl_seconds <= 300,
+                "must be at most 300 (0: ask on every request)",
             ),
             (
                 "negative_cache_ttl_seconds",

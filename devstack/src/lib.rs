@@ -3,6 +3,7 @@
 //! API, and a harness that renders the Envoy configuration and runs Envoy.
 //! Never compiled into the filter.
 
+pub mod bench;
 pub mod client;
 pub mod echo;
 pub mod envoy;

@@ -5,6 +5,7 @@
 //! erp-devstack idp  [ADDR]      the identity service emulator alone (default 127.0.0.1:9080)
 //! erp-devstack echo [ADDR]      the echo upstream alone (default 127.0.0.1:9081)
 //! erp-devstack render-compose   print envoy/envoy.compose.yaml, rendered from the template
+//! erp-devstack bench            the benchmark behind `make bench` (see bench.rs)
 //! ```
 //!
 //! `run` listens on fixed ports so the printed commands work as pasted:
@@ -34,7 +35,8 @@ fn main() -> ExitCode {
         Some("idp") => serve_idp(args.get(1).map_or("127.0.0.1:9080", String::as_str)),
         Some("echo") => serve_echo(args.get(1).map_or("127.0.0.1:9081", String::as_str)),
         Some("render-compose") => envoy::render_compose().map(|yaml| print!("{yaml}")),
-        _ => Err("usage: erp-devstack run | idp [ADDR] | echo [ADDR] | render-compose".into()),
+        Some("bench") => erp_devstack::bench::run(),
+        _ => Err("usage: erp-devstack run | idp [ADDR] | echo [ADDR] | render-compose | bench".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,458 @@
+//! `make bench`: throughput through real Envoy, this filter against its
+//! baselines, in one run.
+//!
+//! Every scenario is an Envoy (one worker) with a direct-response route, so
+//! the upstream costs nothing; only the HTTP filter chain differs. All
+//! Envoys run at once and the scenarios are measured interleaved, round
+//! after round, with `wrk -t1 -c10`; the verdict is the median of the rounds
+//! and its ratio to the baselines, never one absolute number.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::client;
+use crate::envoy::{self, Envoy, EnvoyOptions};
+use crate::idp::{Idp, ReferenceKind};
+use crate::tokens::{self, Error};
+
+/// What one scenario runs and sends.
+struct Scenario {
+    name: &'static str,
+    what: &'static str,
+    filters: String,
+    /// Tokens sent round-robin (`Authorization: Bearer`), or none.
+    tokens: Vec<String>,
+    /// Header carrying the tokens.
+    header: &'static str,
+    /// Status every request must get.
+    expect: u16,
+}
+
+/// One measurement.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+const PATH: &str = "/api/domain/odata/Customers";
+
+/// Options from the environment: `BENCH_ROUNDS` (3), `BENCH_SECONDS` (5),
+/// `BENCH_POOL` (distinct valid tokens minted for j2, 20000).
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+pub fn run() -> Result<(), Error> {
+    let rounds = setting("BENCH_ROUNDS", 3);
+    let seconds = setting("BENCH_SECONDS", 5);
+    let pool = setting("BENCH_POOL", 20_000);
+    let root = envoy::repo_root();
+    let out_dir = root.join("target/bench");
+    fs::create_dir_all(&out_dir)?;
+    let filter_wasm = envoy::wasm_path();
+    let noop_wasm = root.join("target/wasm32-unknown-unknown/release/noop_filter.wasm");
+    for wasm in [&filter_wasm, &noop_wasm] {
+        if !wasm.exists() {
+            return Err(format!("{} not found: run `make bench`", wasm.display()).into());
+        }
+    }
+    let idp = Idp::start("127.0.0.1:0")?;
+    eprintln!("minting {pool} distinct valid tokens for j2 ...");
+    let key = idp.signing_key();
+    let distinct = mint_parallel(&key, pool);
+    let bad: Vec<String> = (0..pool).map(|_| bad_signature_token(&key.kid)).collect();
+    let one = idp.access_token(&["DomainApi", "read"]);
+    let pat = idp.issue_reference(ReferenceKind::Pat, &["read"], 86_400);
+    let jwks = idp.jwks();
+    // j2 sends its pool round-robin: with a cache of a quarter of the pool,
+    // a token is always evicted before it comes again (no hits).
+    let no_hits = (pool / 4).max(1);
+    let scenarios = vec![
+        Scenario {
+            name: "a",
+            what: "Envoy, no filter",
+            filters: router(),
+            tokens: vec![one.clone()],
+            header: "authorization",
+            expect: 200,
+        },
+        Scenario {
+            name: "a2",
+            what: "Envoy + do-nothing wasm filter (the wasm floor)",
+            filters: wasm_filter(&noop_wasm, &json!({})) + &router(),
+            tokens: vec![one.clone()],
+            header: "authorization",
+            expect: 200,
+        },
+        Scenario {
+            name: "n1",
+            what: "native jwt_authn, no cache",
+            filters: jwt_authn(&jwks, false) + &router(),
+            tokens: vec![one.clone()],
+            header: "authorization",
+            expect: 200,
+        },
+        Scenario {
+            name: "n2",
+            what: "native jwt_authn with jwt_cache_config",
+            filters: jwt_authn(&jwks, true) + &router(),
+            tokens: vec![one.clone()],
+            header: "authorization",
+            expect: 200,
+        },
+        Scenario {
+            name: "j1",
+            what: "this filter, one valid JWT repeated",
+            filters: wasm_filter(&filter_wasm, &filter_config(&jwks, 10_000, 30)?) + &router(),
+            tokens: vec![one.clone()],
+            header: "authorization",
+            expect: 200,
+        },
+        Scenario {
+            name: "j2",
+            what: "this filter, a different valid JWT every request",
+            filters: wasm_filter(&filter_wasm, &filter_config(&jwks, no_hits, 30)?) + &router(),
+            tokens: distinct,
+            header: "authorization",
+            expect: 200,
+        },
+        Scenario {
+            name: "j3",
+            what: "this filter, distinct bad signatures under a valid kid",
+            filters: wasm_filter(&filter_wasm, &filter_config(&jwks, no_hits, 30)?) + &router(),
+            tokens: bad,
+            header: "authorization",
+            expect: 401,
+        },
+        Scenario {
+            name: "r1",
+            what: "this filter, one reference token repeated (cached)",
+            filters: wasm_filter(&filter_wasm, &filter_config(&jwks, 10_000, 30)?) + &router(),
+            tokens: vec![pat.clone()],
+            header: "x-api-key",
+            expect: 200,
+        },
+        Scenario {
+            name: "r2",
+            what: "this filter, reference token, cache off: a callout every request",
+            filters: wasm_filter(&filter_wasm, &filter_config(&jwks, 10_000, 0)?) + &router(),
+            tokens: vec![pat],
+            header: "x-api-key",
+            expect: 200,
+        },
+    ];
+    let mut envoys = Vec::new();
+    for s in &scenarios {
+        let yaml = bench_yaml(&s.filters, idp.addr().port());
+        let envoy = Envoy::start(
+            &yaml,
+            &EnvoyOptions {
+                concurrency: 1,
+                log_level: "warning".into(),
+                filter_debug: false,
+            },
+        )?;
+        check(s, &envoy)?;
+        let tokens_file = out_dir.join(format!("{}.tokens", s.name));
+        fs::write(&tokens_file, s.tokens.join("\n"))?;
+        envoys.push((envoy, tokens_file));
+    }
+    let script = out_dir.join("tokens.lua");
+    fs::write(&script, LUA)?;
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); scenarios.len()];
+    for round in 1..=rounds {
+        for (i, s) in scenarios.iter().enumerate() {
+            let (envoy, tokens_file) = &envoys[i];
+            let sample = wrk(envoy, &script, tokens_file, s.header, seconds, s.expect == 200)?;
+            eprintln!(
+                "round {round}/{rounds} {:>3}: {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms",
+                s.name, sample.rps, sample.p50_ms, sample.p99_ms
+            );
+            samples[i].push(sample);
+        }
+    }
+    let table = report(&scenarios, &samples, rounds, seconds);
+    let path = out_dir.join("results.md");
+    fs::write(&path, &table)?;
+    println!("{table}");
+    eprintln!("written to {}", path.display());
+    Ok(())
+}
+
+fn mint_parallel(key: &tokens::SigningKey, n: usize) -> Vec<String> {
+    let threads = std::thread::available_parallelism().map_or(2, |p| p.get());
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let key = key.clone();
+            let count = n / threads + usize::from(t < n % threads);
+            std::thread::spawn(move || {
+                (0..count)
+                    .map(|_| {
+                        tokens::sign(
+                            &tokens::header(&key.kid),
+                            &tokens::claims(tokens::now(), &["DomainApi", "read"]),
+                            &key,
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+}
+
+/// A well-formed token under a valid `kid` whose signature is random bytes.
+fn bad_signature_token(kid: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let claims = tokens::claims(tokens::now(), &["read"]);
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(tokens::header(kid).to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let signature = URL_SAFE_NO_PAD.encode(tokens::random_hex(128).as_bytes().get(..256).unwrap_or_default());
+    format!("{input}.{signature}")
+}
+
+/// The shipped configuration with the keys inline; `jwt_cache` verified
+/// tokens remembered; reference answers trusted `reference_ttl` seconds.
+fn filter_config(jwks: &Value, jwt_cache: usize, reference_ttl: u64) -> Result<Value, Error> {
+    let mut config = envoy::shipped_filter_config()?;
+    envoy::merge(
+        &mut config,
+        &json!({
+            "jwks": jwks,
+            "remote_jwks": null,
+            "jwt_cache_max_entries": jwt_cache,
+            "introspection": {"cache_max_ttl_seconds": reference_ttl},
+        }),
+    );
+    Ok(config)
+}
+
+fn router() -> String {
+    "          - name: envoy.filters.http.router\n            typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }\n".into()
+}
+
+fn wasm_filter(wasm: &Path, config: &Value) -> String {
+    let literal = serde_json::to_string(&config.to_string()).unwrap_or_default();
+    format!(
+        r#"          - name: wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: bench
+                root_id: bench
+                failure_policy: FAIL_CLOSED
+                vm_config:
+                  vm_id: bench
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: "{}" }} }}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {literal}
+"#,
+        wasm.display()
+    )
+}
+
+fn jwt_authn(jwks: &Value, cache: bool) -> String {
+    let jwks_literal = serde_json::to_string(&jwks.to_string()).unwrap_or_default();
+    let cache_config = if cache {
+        "\n                  jwt_cache_config: { jwt_cache_size: 1000 }"
+    } else {
+        ""
+    };
+    format!(
+        r#"          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                erp:
+                  issuer: "{}"
+                  audiences: ["DomainAPI"]
+                  local_jwks: {{ inline_string: {jwks_literal} }}
+                  forward: true{cache_config}
+              rules:
+              - match: {{ prefix: "/" }}
+                requires: {{ provider_name: erp }}
+"#,
+        tokens::ISSUER
+    )
+}
+
+fn bench_yaml(filters: &str, identity_port: u16) -> String {
+    format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: bench
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          route_config:
+            virtual_hosts:
+            - name: bench
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                direct_response: {{ status: 200, body: {{ inline_string: "ok" }} }}
+          http_filters:
+{filters}  clusters:
+  - name: identity
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: identity
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {identity_port} }} }} }} }}] }}]
+"#
+    )
+}
+
+/// Before timing: the scenario answers what it should.
+fn check(s: &Scenario, envoy: &Envoy) -> Result<(), Error> {
+    for token in s.tokens.iter().take(3) {
+        let value = if s.header == "authorization" {
+            format!("Bearer {token}")
+        } else {
+            token.clone()
+        };
+        let r = client::request(envoy.listener, "GET", PATH, &[(s.header, &value)], b"")?;
+        if r.status != s.expect {
+            return Err(format!(
+                "scenario {}: expected {}, got {} {}",
+                s.name,
+                s.expect,
+                r.status,
+                r.text()
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+const LUA: &str = r#"-- Sends the tokens of a file round-robin in one header.
+local tokens, n, i = {}, 0, 0
+local header = os.getenv("BENCH_HEADER") or "authorization"
+for line in io.lines(os.getenv("BENCH_TOKENS")) do n = n + 1; tokens[n] = line end
+request = function()
+  i = i % n + 1
+  local value = tokens[i]
+  if header == "authorization" then value = "Bearer " .. value end
+  return wrk.format("GET", wrk.path, { [header] = value })
+end
+"#;
+
+fn wrk(
+    envoy: &Envoy,
+    script: &Path,
+    tokens: &PathBuf,
+    header: &str,
+    seconds: usize,
+    expect_ok: bool,
+) -> Result<Sample, Error> {
+    let output = Command::new("wrk")
+        .args(["-t1", "-c10", &format!("-d{seconds}s"), "--latency", "-s"])
+        .arg(script)
+        .arg(format!("http://{}{PATH}", envoy.listener))
+        .env("BENCH_TOKENS", tokens)
+        .env("BENCH_HEADER", header)
+        .output()
+        .map_err(|e| format!("wrk: {e} (install it: apt-get install wrk)"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if text.contains("Non-2xx") == expect_ok {
+        return Err(format!("unexpected non-2xx answers:\n{text}").into());
+    }
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no Requests/sec in wrk output:\n{text}"))?;
+    let percentile = |p: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(p).map(|v| duration_ms(v.trim())))
+            .unwrap_or(f64::NAN)
+    };
+    Ok(Sample {
+        rps,
+        p50_ms: percentile("50%"),
+        p99_ms: percentile("99%"),
+    })
+}
+
+fn duration_ms(text: &str) -> f64 {
+    let (number, factor) = if let Some(v) = text.strip_suffix("us") {
+        (v, 0.001)
+    } else if let Some(v) = text.strip_suffix("ms") {
+        (v, 1.0)
+    } else if let Some(v) = text.strip_suffix('s') {
+        (v, 1000.0)
+    } else {
+        (text, 1.0)
+    };
+    number.parse::<f64>().map_or(f64::NAN, |n| n * factor)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn report(scenarios: &[Scenario], samples: &[Vec<Sample>], rounds: usize, seconds: usize) -> String {
+    let medians: Vec<Sample> = samples
+        .iter()
+        .map(|s| Sample {
+            rps: median(&mut s.iter().map(|x| x.rps).collect::<Vec<_>>()),
+            p50_ms: median(&mut s.iter().map(|x| x.p50_ms).collect::<Vec<_>>()),
+            p99_ms: median(&mut s.iter().map(|x| x.p99_ms).collect::<Vec<_>>()),
+        })
+        .collect();
+    let rps_of = |name: &str| {
+        scenarios
+            .iter()
+            .position(|s| s.name == name)
+            .map_or(f64::NAN, |i| medians[i].rps)
+    };
+    let (a, a2, n1) = (rps_of("a"), rps_of("a2"), rps_of("n1"));
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Envoy 1.40, one worker, direct-response route, `wrk -t1 -c10 -d{seconds}s`, median of {rounds} interleaved rounds.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| scenario | what | req/s | p50 ms | p99 ms | ÷ (a) | ÷ (a2) | ÷ (n1) |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|");
+    for (s, m) in scenarios.iter().zip(&medians) {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            s.name,
+            s.what,
+            m.rps,
+            m.p50_ms,
+            m.p99_ms,
+            m.rps / a,
+            m.rps / a2,
+            m.rps / n1
+        );
+    }
+    let ratio = |x: &str, y: f64| rps_of(x) / y;
+    let _ = writeln!(out, "\nChecks: (j1)/(a2) = {:.2} and (r1)/(a2) = {:.2} (target ≥ 0.95); (j2)/(n1) = {:.2} (target ≥ 0.5); (j3)/(j2) = {:.2} (target ≥ 0.9).",
+        ratio("j1", a2), ratio("r1", a2), ratio("j2", n1), rps_of("j3") / rps_of("j2"));
+    out
+}
