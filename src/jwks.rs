@@ -14,6 +14,8 @@ use rsa::traits::PublicKeyParts;
 use rsa::{BigUint, RsaPublicKey};
 use serde::Deserialize;
 
+use crate::rs256::PreparedKey;
+
 /// Smallest RSA modulus accepted, in bits (RFC 7518 §3.3).
 pub const MIN_RSA_BITS: usize = 2048;
 /// Largest RSA modulus accepted, in bits: bounds verification cost.
@@ -27,6 +29,8 @@ pub struct VerificationKey {
     /// the JWK does not name one.
     pub algorithm: String,
     pub key: RsaPublicKey,
+    /// The same key prepared for the fast RS256 path (exponent 65537).
+    pub fast: Option<PreparedKey>,
 }
 
 impl fmt::Debug for VerificationKey {
@@ -179,8 +183,16 @@ fn parse_key(raw: &serde_json::Value, allowed_algorithms: &[String]) -> Result<V
     if bits > MAX_RSA_BITS {
         return Err(format!("{bits}-bit modulus is longer than {MAX_RSA_BITS} bits"));
     }
+    let fast = (algorithm == "RS256")
+        .then(|| PreparedKey::new(&n.to_bytes_be(), &e.to_bytes_be()))
+        .flatten();
     let key = RsaPublicKey::new(n, e).map_err(|e| format!("invalid RSA key: {e}"))?;
-    Ok(VerificationKey { kid, algorithm, key })
+    Ok(VerificationKey {
+        kid,
+        algorithm,
+        key,
+        fast,
+    })
 }
 
 fn decode_uint(field: Option<&str>, name: &str) -> Result<BigUint, String> {

@@ -6,8 +6,9 @@
 //! locations in the token are never followed; a `crit` header is refused.
 
 use jwt_compact::alg::Rsa;
-use jwt_compact::{AlgorithmExt, ParseError, UntrustedToken, ValidationError};
+use jwt_compact::{AlgorithmExt, Claims, ParseError, UntrustedToken, ValidationError};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::jwks::KeySet;
 use crate::principal::{Principal, PrincipalKind, ScopeClaim};
@@ -93,9 +94,28 @@ fn rsa_algorithm(name: &str) -> Option<Rsa> {
     })
 }
 
+/// SHA-256 of the JWS signing input (`header.payload`): the key of the
+/// verified-token cache and, for RS256, the digest the signature is checked
+/// against, so a request hashes its token once.
+pub fn signing_digest(token: &str) -> [u8; 32] {
+    let input = token.rsplit_once('.').map_or(token, |(input, _)| input);
+    Sha256::digest(input.as_bytes()).into()
+}
+
 /// Verifies a JWT access token and returns who it speaks for.
 /// `now` is seconds since the epoch, from the host clock.
 pub fn verify(token: &str, keys: &KeySet, rules: &ClaimRules<'_>, now: u64) -> Result<Principal, JwtError> {
+    verify_with_digest(token, &signing_digest(token), keys, rules, now)
+}
+
+/// [`verify`] with the [`signing_digest`] already computed.
+pub fn verify_with_digest(
+    token: &str,
+    digest: &[u8; 32],
+    keys: &KeySet,
+    rules: &ClaimRules<'_>,
+    now: u64,
+) -> Result<Principal, JwtError> {
     let invalid = JwtError::Invalid;
     let untrusted = UntrustedToken::<ExtraHeader>::try_from(token).map_err(|e| match e {
         ParseError::InvalidTokenStructure => invalid("the token is not a JWT"),
@@ -121,16 +141,32 @@ pub fn verify(token: &str, keys: &KeySet, rules: &ClaimRules<'_>, now: u64) -> R
     if key.algorithm != alg {
         return Err(invalid("the token's algorithm does not match its key"));
     }
-    let algorithm = rsa_algorithm(alg).ok_or(invalid("the token's algorithm is not allowed"))?;
-    let token = algorithm
-        .validator::<AccessTokenClaims>(&key.key)
-        .validate(&untrusted)
-        .map_err(|e| match e {
-            ValidationError::MalformedClaims(_) => invalid("the token's claims are malformed"),
-            ValidationError::AlgorithmMismatch { .. } => invalid("the token's algorithm does not match its key"),
-            _ => invalid("the token's signature is invalid"),
-        })?;
-    let claims = token.claims();
+    let claims: Claims<AccessTokenClaims> = match (&key.fast, alg) {
+        // The fast path: the digest is the one the caller already has; the
+        // algorithm was checked against the allow-list and the key above.
+        (Some(fast), "RS256") => {
+            if !fast.verify_digest(digest, untrusted.signature_bytes()) {
+                return Err(invalid("the token's signature is invalid"));
+            }
+            untrusted
+                .deserialize_claims_unchecked()
+                .map_err(|_| invalid("the token's claims are malformed"))?
+        }
+        _ => {
+            let algorithm = rsa_algorithm(alg).ok_or(invalid("the token's algorithm is not allowed"))?;
+            let token = algorithm
+                .validator::<AccessTokenClaims>(&key.key)
+                .validate(&untrusted)
+                .map_err(|e| match e {
+                    ValidationError::MalformedClaims(_) => invalid("the token's claims are malformed"),
+                    ValidationError::AlgorithmMismatch { .. } => {
+                        invalid("the token's algorithm does not match its key")
+                    }
+                    _ => invalid("the token's signature is invalid"),
+                })?;
+            token.into_parts().1
+        }
+    };
     let now = i64::try_from(now).unwrap_or(i64::MAX);
     let skew = i64::try_from(rules.clock_skew_seconds).unwrap_or(0);
     let exp = claims.expiration.ok_or(invalid("the token has no exp"))?.timestamp();
@@ -149,7 +185,7 @@ pub fn verify(token: &str, keys: &KeySet, rules: &ClaimRules<'_>, now: u64) -> R
     if !custom.aud.as_ref().is_some_and(|aud| aud.any_in(rules.audiences)) {
         return Err(invalid("the token's audience is not accepted"));
     }
-    let custom = token.into_parts().1.custom;
+    let custom = claims.custom;
     Ok(Principal {
         kind: PrincipalKind::Jwt,
         client_id: custom.client_id,
