@@ -40,6 +40,11 @@ pub struct RawConfig {
     /// Require the JOSE header `typ` to be `at+jwt` (RFC 9068). Default true.
     #[serde(default = "default_true")]
     pub require_at_jwt_typ: bool,
+    /// Verified JWTs remembered per worker (SHA-256 of the token → its
+    /// claims, until `exp`), so a repeated token skips signature work.
+    /// Default 10000; 0 disables; at most 1000000.
+    #[serde(default = "default_jwt_cache")]
+    pub jwt_cache_max_entries: usize,
     /// Longest credential accepted, in bytes. Default 8192; 256 to 65536.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
@@ -132,6 +137,9 @@ fn default_clock_skew() -> u64 {
 fn default_true() -> bool {
     true
 }
+fn default_jwt_cache() -> usize {
+    10_000
+}
 fn default_max_token_bytes() -> usize {
     8192
 }
@@ -175,6 +183,7 @@ pub struct Config {
     pub clock_skew_seconds: u64,
     pub require_at_jwt_typ: bool,
     pub max_token_bytes: usize,
+    pub jwt_cache_max_entries: usize,
     /// Keys from the inline `jwks` field.
     pub inline_keys: KeySet,
     pub remote_jwks: Option<RemoteJwksConfig>,
@@ -242,6 +251,9 @@ impl RawConfig {
         }
         if self.clock_skew_seconds > 600 {
             return Err(ConfigError::new("clock_skew_seconds", "must be at most 600"));
+        }
+        if self.jwt_cache_max_entries > 1_000_000 {
+            return Err(ConfigError::new("jwt_cache_max_entries", "must be at most 1000000"));
         }
         if !(256..=65536).contains(&self.max_token_bytes) {
             return Err(ConfigError::new("max_token_bytes", "must be between 256 and 65536"));
@@ -320,6 +332,7 @@ impl RawConfig {
             clock_skew_seconds: self.clock_skew_seconds,
             require_at_jwt_typ: self.require_at_jwt_typ,
             max_token_bytes: self.max_token_bytes,
+            jwt_cache_max_entries: self.jwt_cache_max_entries,
             inline_keys,
             remote_jwks: self.remote_jwks,
             introspection: self.introspection,

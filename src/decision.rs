@@ -5,14 +5,17 @@
 //! turns the [`Decision`] into Envoy actions.
 
 use crate::cache::{self, TokenHash};
+use std::rc::Rc;
+
 use crate::config::Config;
 use crate::credential::{self, Credential, TokenKind};
 use crate::introspection::Answer;
 use crate::jwks::KeySet;
 use crate::jwt::{self, ClaimRules, JwtError};
 use crate::policy::Access;
-use crate::principal::Principal;
+use crate::principal::{Identity, Principal};
 use crate::rejection::Rejection;
+use crate::verified::VerifiedCache;
 
 /// The parts of a request the decision reads.
 #[derive(Debug, Clone, Copy)]
@@ -66,11 +69,22 @@ impl PendingReference {
 /// An allowed request and what to add to or remove from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allowed {
-    pub principal: Option<Principal>,
-    /// Identity headers to set (the client's copies are always removed).
-    pub set_headers: Vec<(String, String)>,
+    /// Who is calling and the identity headers to set; `None` on public
+    /// routes. (The client's copies of those headers are always removed.)
+    pub identity: Option<Rc<Identity>>,
     /// Credential header to remove (`strip_credential`).
     pub remove_header: Option<String>,
+}
+
+impl Allowed {
+    /// Identity headers to set.
+    pub fn set_headers(&self) -> &[(String, String)] {
+        self.identity.as_ref().map_or(&[], |i| &i.headers)
+    }
+
+    pub fn principal(&self) -> Option<&Principal> {
+        self.identity.as_ref().map(|i| &i.principal)
+    }
 }
 
 /// The prepared configuration; decides requests.
@@ -98,10 +112,10 @@ impl Engine {
         }
     }
 
-    /// Decides a request against the current signing `keys`. `now` is
-    /// seconds since the epoch.
-    pub fn decide(&self, request: &RequestHead<'_>, keys: &KeySet, now: u64) -> Decision {
-        match self.try_decide(request, keys, now) {
+    /// Decides a request against the current signing `keys`, remembering
+    /// verified JWTs in `verified`. `now` is seconds since the epoch.
+    pub fn decide(&self, request: &RequestHead<'_>, keys: &KeySet, verified: &mut VerifiedCache, now: u64) -> Decision {
+        match self.try_decide(request, keys, verified, now) {
             Ok(decision) => decision,
             Err(rejection) => Decision::Deny(rejection),
         }
@@ -117,7 +131,10 @@ impl Engine {
             }
             Err(rejection) => return Decision::Deny(rejection.clone()),
         };
-        match self.allow(&pending.access, principal, &pending.credential_header) {
+        match self
+            .identity(principal)
+            .and_then(|identity| self.allow(&pending.access, identity, &pending.credential_header))
+        {
             Ok(allowed) => Decision::Allow(allowed),
             Err(rejection) => Decision::Deny(rejection),
         }
@@ -129,19 +146,25 @@ impl Engine {
         let result = self
             .verify_jwt(&pending.token, keys, now)
             .map_err(Rejection::from)
-            .and_then(|principal| self.allow(&pending.access, principal, &pending.credential_header));
+            .and_then(|principal| self.identity(principal))
+            .and_then(|identity| self.allow(&pending.access, identity, &pending.credential_header));
         match result {
             Ok(allowed) => Decision::Allow(allowed),
             Err(rejection) => Decision::Deny(rejection),
         }
     }
 
-    fn try_decide(&self, request: &RequestHead<'_>, keys: &KeySet, now: u64) -> Result<Decision, Rejection> {
+    fn try_decide(
+        &self,
+        request: &RequestHead<'_>,
+        keys: &KeySet,
+        verified: &mut VerifiedCache,
+        now: u64,
+    ) -> Result<Decision, Rejection> {
         let access = self.config.policy.access(request.method, request.path)?;
         if *access == Access::Public {
             return Ok(Decision::Allow(Allowed {
-                principal: None,
-                set_headers: Vec::new(),
+                identity: None,
                 remove_header: None,
             }));
         }
@@ -151,7 +174,7 @@ impl Engine {
             self.config.max_token_bytes,
         )?;
         match credential.kind {
-            TokenKind::Jwt => match self.verify_jwt(credential.token, keys, now) {
+            TokenKind::Jwt => match self.verify_jwt_cached(credential.token, keys, verified, now) {
                 Ok(principal) => self.allow(access, principal, credential.header).map(Decision::Allow),
                 Err(JwtError::UnknownKey) if self.config.remote_jwks.is_some() => Ok(Decision::AwaitKeys(PendingJwt {
                     token: credential.token.to_owned(),
@@ -181,6 +204,31 @@ impl Engine {
         })
     }
 
+    /// Verifies a JWT, or finds it verified before.
+    fn verify_jwt_cached(
+        &self,
+        token: &str,
+        keys: &KeySet,
+        verified: &mut VerifiedCache,
+        now: u64,
+    ) -> Result<Rc<Identity>, JwtError> {
+        let digest = jwt::signing_digest(token);
+        let signature = token.rsplit_once('.').map_or("", |(_, s)| s);
+        if let Some(identity) = verified.get(&digest, signature, now, self.config.clock_skew_seconds) {
+            return Ok(Rc::clone(identity));
+        }
+        if keys.is_empty() {
+            return Err(JwtError::NoKeys);
+        }
+        let principal = jwt::verify_with_digest(token, &digest, keys, &self.claim_rules(), now)?;
+        let identity = Rc::new(
+            Identity::new(principal, &self.config.identity_headers)
+                .map_err(|_| JwtError::Invalid("a claim holds characters a header cannot carry"))?,
+        );
+        verified.insert(digest, signature, Rc::clone(&identity));
+        Ok(identity)
+    }
+
     fn verify_jwt(&self, token: &str, keys: &KeySet, now: u64) -> Result<Principal, JwtError> {
         if keys.is_empty() {
             return Err(JwtError::NoKeys);
@@ -189,18 +237,17 @@ impl Engine {
     }
 
     /// Checks the route's scopes and builds what the upstream receives.
-    fn allow(&self, access: &Access, principal: Principal, credential_header: &str) -> Result<Allowed, Rejection> {
-        access.check(&principal.scopes)?;
-        let set_headers = principal
-            .headers(&self.config.identity_headers)?
-            .into_iter()
-            .map(|(n, v)| (n.to_owned(), v))
-            .collect();
+    fn allow(&self, access: &Access, identity: Rc<Identity>, credential_header: &str) -> Result<Allowed, Rejection> {
+        access.check(&identity.principal.scopes)?;
         Ok(Allowed {
-            principal: Some(principal),
-            set_headers,
+            identity: Some(identity),
             remove_header: self.config.strip_credential.then(|| credential_header.to_owned()),
         })
+    }
+
+    /// The identity of a principal from a fresh verification or answer.
+    fn identity(&self, principal: Principal) -> Result<Rc<Identity>, Rejection> {
+        Identity::new(principal, &self.config.identity_headers).map(Rc::new)
     }
 }
 
@@ -215,6 +262,7 @@ mod tests {
         engine.decide(
             &RequestHead { method, path, headers },
             &engine.config().inline_keys,
+            &mut VerifiedCache::new(10),
             NOW,
         )
     }
@@ -237,9 +285,11 @@ mod tests {
             panic!("denied")
         };
         assert!(allowed
-            .set_headers
+            .set_headers()
             .contains(&("x-erp-client-id".into(), "my.trusted.app/first".into())));
-        assert!(allowed.set_headers.contains(&("x-erp-token-kind".into(), "jwt".into())));
+        assert!(allowed
+            .set_headers()
+            .contains(&("x-erp-token-kind".into(), "jwt".into())));
         assert_eq!(allowed.remove_header, None);
     }
 
@@ -267,7 +317,7 @@ mod tests {
     fn public_route_needs_no_credential() {
         assert!(matches!(
             decide("GET", "/healthz", &[]),
-            Decision::Allow(Allowed { principal: None, .. })
+            Decision::Allow(Allowed { identity: None, .. })
         ));
     }
 
@@ -303,6 +353,7 @@ mod tests {
                 headers: &[header],
             },
             &engine.config().inline_keys,
+            &mut VerifiedCache::new(10),
             NOW,
         ) {
             Decision::Introspect { pending, token } => {
@@ -342,6 +393,7 @@ mod tests {
                     headers: &[("x-api-key", token)],
                 },
                 &engine.config().inline_keys,
+                &mut VerifiedCache::new(10),
                 NOW,
             );
             assert_eq!(
@@ -370,9 +422,9 @@ mod tests {
             panic!()
         };
         assert!(allowed
-            .set_headers
+            .set_headers()
             .contains(&("x-erp-token-kind".into(), "reference-user".into())));
-        assert!(allowed.set_headers.contains(&("x-erp-subject".into(), "u1".into())));
+        assert!(allowed.set_headers().contains(&("x-erp-subject".into(), "u1".into())));
         let post = pending(&engine, "POST", ("x-api-key", PAT));
         assert_eq!(
             engine.finish_reference(&post, Ok(&answer)),
@@ -389,6 +441,45 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_jwt_is_verified_once() {
+        let engine = testkit::engine();
+        let mut verified = VerifiedCache::new(10);
+        let auth = format!("Bearer {}", testkit::token(&["read"]));
+        let headers = [("authorization", auth.as_str())];
+        let request = RequestHead {
+            method: "GET",
+            path: "/api/domain/x",
+            headers: &headers,
+        };
+        assert!(matches!(
+            engine.decide(&request, &engine.config().inline_keys, &mut verified, NOW),
+            Decision::Allow(_)
+        ));
+        assert_eq!(verified.len(), 1);
+        // With no keys at all, only the cache can allow it.
+        assert!(matches!(
+            engine.decide(&request, &KeySet::default(), &mut verified, NOW),
+            Decision::Allow(_)
+        ));
+        let post = RequestHead {
+            method: "POST",
+            ..request
+        };
+        assert!(
+            matches!(
+                engine.decide(&post, &engine.config().inline_keys, &mut verified, NOW),
+                Decision::Deny(Rejection::InsufficientScope { .. })
+            ),
+            "scopes are checked on every request"
+        );
+        let later = NOW + 3600 + 61;
+        assert!(matches!(
+            engine.decide(&request, &engine.config().inline_keys, &mut verified, later),
+            Decision::Deny(Rejection::InvalidToken("the token has expired"))
+        ));
+    }
+
+    #[test]
     fn strip_credential_removes_the_header_it_came_in() {
         let engine = Engine::new(testkit::config_from(|d| d["strip_credential"] = json!(true)));
         let token = testkit::token(&["read"]);
@@ -400,6 +491,7 @@ mod tests {
                 headers: &headers,
             },
             &engine.config().inline_keys,
+            &mut VerifiedCache::new(10),
             NOW,
         ) else {
             panic!("denied")
@@ -434,6 +526,7 @@ mod remote_key_tests {
                 headers: &headers,
             },
             keys,
+            &mut VerifiedCache::new(10),
             NOW,
         )
     }

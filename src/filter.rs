@@ -24,6 +24,7 @@ use crate::introspection::{self, Answer, UNAVAILABLE};
 use crate::jwks::KeySet;
 use crate::key_refresh::{KeySync, Reason};
 use crate::rejection::Rejection;
+use crate::verified::VerifiedCache;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -45,6 +46,16 @@ const FAILURE_SHARED_MS: u64 = 250;
 const KEY_CHECK: Duration = Duration::from_millis(250);
 /// Right away (the next tick of the event loop).
 const NOW_TICK: Duration = Duration::from_millis(1);
+
+/// Method and path (without the query) of a request, for log lines;
+/// formatted only when a line is written.
+struct What<'a>(&'a str, &'a str);
+
+impl std::fmt::Display for What<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.0, self.1.split('?').next().unwrap_or_default())
+    }
+}
 
 /// Envoy's shared data, visible to every worker.
 struct HostStore;
@@ -142,6 +153,8 @@ struct Shared {
     keys: RefCell<KeySet>,
     key_version: Cell<u64>,
     key_sync: Option<KeySync>,
+    /// JWTs this worker verified, cleared whenever the keys change.
+    verified: RefCell<VerifiedCache>,
     /// The tick period last asked of Envoy (asking again restarts the timer).
     tick: Cell<Duration>,
 }
@@ -202,10 +215,10 @@ impl Shared {
 
     /// Applies a decision to the current effective context. True when the
     /// request may go on (the caller continues or resumes it).
-    fn apply(&self, decision: Decision, what: &str) -> bool {
+    fn apply(&self, decision: Decision, what: &dyn std::fmt::Display) -> bool {
         match decision {
             Decision::Allow(allowed) => {
-                for (name, value) in &allowed.set_headers {
+                for (name, value) in allowed.set_headers() {
                     if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)) {
                         log::error!("erp-edge-validator: cannot set header {name}: {status:?}");
                         return self.reply(&Rejection::Unavailable("the request could not be rewritten"));
@@ -219,13 +232,15 @@ impl Shared {
                 }
                 log::debug!(
                     "erp-edge-validator: allowed {what} client_id={:?}",
-                    allowed.principal.as_ref().and_then(|p| p.client_id.as_deref())
+                    allowed.principal().and_then(|p| p.client_id.as_deref())
                 );
                 self.count(None);
                 true
             }
             Decision::Deny(rejection) => {
-                log::info!("erp-edge-validator: denied {what}: {rejection}");
+                // Per-request lines are debug: at info a flood of bad tokens
+                // would turn into a flood of log writes. Stats count them.
+                log::debug!("erp-edge-validator: denied {what}: {rejection}");
                 self.reply(&rejection)
             }
             Decision::Introspect { .. } | Decision::AwaitKeys(_) => {
@@ -352,6 +367,8 @@ impl Shared {
                 Ok(remote) => {
                     log::info!("erp-edge-validator: signing keys v{version}: {:?}", remote.kids());
                     *self.keys.borrow_mut() = self.engine.config().inline_keys.merged(&remote);
+                    // A retired key must stop working for cached tokens too.
+                    self.verified.borrow_mut().clear();
                 }
                 Err(e) => log::error!("erp-edge-validator: published key set v{version} unreadable: {e}"),
             }
@@ -377,7 +394,7 @@ impl Shared {
                 continue;
             }
             let decision = self.engine.finish_jwt(&waiter.pending, &self.keys.borrow(), now);
-            if self.apply(decision, "a request that waited for signing keys") {
+            if self.apply(decision, &"a request that waited for signing keys") {
                 let _ = hostcalls::resume_http_request();
             }
         }
@@ -674,6 +691,10 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
+        // Format log lines only at the level Envoy writes for this filter.
+        if let Ok(level) = hostcalls::get_log_level() {
+            proxy_wasm::set_log_level(level);
+        }
         let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
@@ -732,6 +753,7 @@ impl RootContext for Root {
             KeySync::new(&format!("erp_edge_validator.{id}"), r)
         });
         let keys = config.inline_keys.clone();
+        let jwt_cache_max_entries = config.jwt_cache_max_entries;
         let shared = Rc::new(Shared {
             engine: Engine::new(config),
             metrics: Metrics::define(),
@@ -740,6 +762,7 @@ impl RootContext for Root {
             keys: RefCell::new(keys),
             key_version: Cell::new(0),
             key_sync,
+            verified: RefCell::new(VerifiedCache::new(jwt_cache_max_entries)),
             tick: Cell::new(Duration::ZERO),
         });
         if shared.key_sync.is_some() {
@@ -810,13 +833,15 @@ impl HttpContext for Http {
                 return Action::Pause;
             }
         };
-        let owned: Vec<(String, String)> = raw
-            .into_iter()
-            .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+        // Borrowed, not copied; a non-UTF-8 value reads as U+FFFD, which no
+        // credential check accepts.
+        let headers: Vec<(&str, &str)> = raw
+            .iter()
+            .map(|(name, value)| (name.as_str(), std::str::from_utf8(value).unwrap_or("\u{fffd}")))
             .collect();
         // Client-sent identity headers never reach the upstream.
         for name in shared.engine.config().identity_headers.names() {
-            if owned.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            if headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
                 if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None) {
                     log::error!("erp-edge-validator: cannot remove header {name}: {status:?}");
                     shared.reply(&Rejection::Unavailable("the request could not be rewritten"));
@@ -824,23 +849,20 @@ impl HttpContext for Http {
                 }
             }
         }
-        let headers: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         let pseudo = |name: &str| headers.iter().find(|(n, _)| *n == name).map_or("", |(_, v)| *v);
         let request = RequestHead {
             method: pseudo(":method"),
             path: pseudo(":path"),
             headers: &headers,
         };
-        let what = format!(
-            "{} {}",
-            request.method,
-            request.path.split('?').next().unwrap_or_default()
-        );
+        let what = What(request.method, request.path);
         let Some((now, _)) = now() else {
             shared.reply(&Rejection::Unavailable("the clock is unavailable"));
             return Action::Pause;
         };
-        let decision = shared.engine.decide(&request, &shared.keys.borrow(), now);
+        let decision = shared
+            .engine
+            .decide(&request, &shared.keys.borrow(), &mut shared.verified.borrow_mut(), now);
         let decision = match decision {
             Decision::Introspect { pending, token } => shared.introspect(self.context_id, pending, &token),
             Decision::AwaitKeys(pending) => shared.await_keys(self.context_id, pending, now),

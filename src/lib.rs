@@ -19,6 +19,8 @@ pub mod key_refresh;
 pub mod policy;
 pub mod principal;
 pub mod rejection;
+pub mod rs256;
+pub mod verified;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

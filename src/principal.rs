@@ -88,6 +88,25 @@ impl Principal {
     }
 }
 
+/// A principal with its identity headers, built once: a verified token
+/// that comes again reuses both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub principal: Principal,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Identity {
+    pub fn new(principal: Principal, names: &IdentityHeaders) -> Result<Self, Rejection> {
+        let headers = principal
+            .headers(names)?
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), v))
+            .collect();
+        Ok(Self { principal, headers })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
