@@ -43,7 +43,8 @@ struct Sample {
 const PATH: &str = "/api/domain/odata/Customers";
 
 /// Options from the environment: `BENCH_ROUNDS` (3), `BENCH_SECONDS` (5),
-/// `BENCH_POOL` (distinct valid tokens minted for j2, 20000).
+/// `BENCH_POOL` (distinct valid tokens minted for j2, 20000), `BENCH_ONLY`
+/// (a comma-separated subset of scenarios).
 fn setting(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -147,6 +148,13 @@ pub fn run() -> Result<(), Error> {
             expect: 200,
         },
     ];
+    // BENCH_ONLY=a2,j1 measures a subset (for experiments; the verdict is
+    // the full run).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let scenarios: Vec<Scenario> = scenarios
+        .into_iter()
+        .filter(|s| only.is_empty() || only.split(',').any(|o| o == s.name))
+        .collect();
     let mut envoys = Vec::new();
     for s in &scenarios {
         let yaml = bench_yaml(&s.filters, idp.addr().port());
