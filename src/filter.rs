@@ -218,8 +218,10 @@ impl Shared {
     fn apply(&self, decision: Decision, what: &dyn std::fmt::Display) -> bool {
         match decision {
             Decision::Allow(allowed) => {
+                // Client copies were removed when the request arrived, so
+                // adding is setting (without Envoy's lookup-and-replace).
                 for (name, value) in allowed.set_headers() {
-                    if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)) {
+                    if let Err(status) = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value) {
                         log::error!("erp-edge-validator: cannot set header {name}: {status:?}");
                         return self.reply(&Rejection::Unavailable("the request could not be rewritten"));
                     }
