@@ -57,6 +57,13 @@ impl std::fmt::Display for What<'_> {
     }
 }
 
+/// The shared-data key prefix for one identity-service endpoint, so two
+/// configurations in one VM never read each other's entries.
+fn namespace(cluster: &str, authority: &str, path: &str) -> String {
+    let id = crate::cache::fingerprint(&crate::cache::hash_token(&format!("{cluster}|{authority}|{path}")));
+    format!("erp_edge_validator.{id}")
+}
+
 /// Envoy's shared data, visible to every worker.
 struct HostStore;
 
@@ -736,24 +743,17 @@ impl RootContext for Root {
         let cache = config.introspection.as_ref().map(|i| {
             // One namespace per identity service, so two configurations in
             // one VM never answer for each other.
-            let id = crate::cache::fingerprint(&crate::cache::hash_token(&format!(
-                "{}|{}|{}",
-                i.cluster, i.authority, i.path
-            )));
             ReferenceCache::new(
-                &format!("erp_edge_validator.{id}"),
+                &namespace(&i.cluster, &i.authority, &i.path),
                 i.cache_max_entries,
                 i.cache_max_ttl_seconds,
                 i.negative_cache_ttl_seconds,
             )
         });
-        let key_sync = config.remote_jwks.as_ref().map(|r| {
-            let id = crate::cache::fingerprint(&crate::cache::hash_token(&format!(
-                "{}|{}|{}",
-                r.cluster, r.authority, r.path
-            )));
-            KeySync::new(&format!("erp_edge_validator.{id}"), r)
-        });
+        let key_sync = config
+            .remote_jwks
+            .as_ref()
+            .map(|r| KeySync::new(&namespace(&r.cluster, &r.authority, &r.path), r));
         let keys = config.inline_keys.clone();
         let jwt_cache_max_entries = config.jwt_cache_max_entries;
         let shared = Rc::new(Shared {
