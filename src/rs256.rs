@@ -82,15 +82,6 @@ impl PreparedKey {
         Some(Self { params, modulus })
     }
 
-    /// Modulus length in bytes (`k`).
-    pub fn len(&self) -> usize {
-        self.modulus.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.modulus.is_empty()
-    }
-
     /// RSASSA-PKCS1-v1_5 verification with SHA-256 of `message`.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         self.verify_digest(&Sha256::digest(message), signature)

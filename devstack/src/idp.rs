@@ -194,10 +194,6 @@ impl Idp {
         self.shared.state().jwks_fault = fault;
     }
 
-    pub fn stats(&self) -> &Stats {
-        &self.shared.stats
-    }
-
     pub fn introspections(&self) -> u64 {
         self.shared.stats.introspections.load(Ordering::SeqCst)
     }
