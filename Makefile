@@ -32,7 +32,7 @@ $(ENVOY):
 	@$(ENVOY) --version
 
 build: toolchain
-	@if [ -n "$$RUSTFLAGS" ]; then echo "warning: RUSTFLAGS is set and replaces .cargo/config.toml (cpubits=32 for wasm32): RS256 verification gets slower" >&2; fi
+	@if [ -n "$$RUSTFLAGS" ]; then echo "warning: RUSTFLAGS is set and replaces .cargo/config.toml (simd128 for wasm32): RS256 verification gets slower" >&2; fi
 	cargo build --release --target $(WASM_TARGET) -p erp-edge-validator
 	cargo build -p erp-devstack
 	@ls -l $(WASM)

@@ -16,6 +16,7 @@ pub mod introspection;
 pub mod jwks;
 pub mod jwt;
 pub mod key_refresh;
+pub mod monty;
 pub mod policy;
 pub mod principal;
 pub mod rejection;

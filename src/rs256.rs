@@ -5,9 +5,9 @@
 //! The `rsa` crate's general big-number path costs about 0.7 ms per
 //! verification in Envoy's V8, which makes a flood of distinct well-formed
 //! tokens a denial-of-service lever. Here the exponentiation is exactly 16
-//! Montgomery squarings and one multiplication with crypto-bigint's
-//! fixed-size integers, the Montgomery parameters are computed once per key
-//! when keys are loaded, and nothing is allocated but the result.
+//! Montgomery squarings and two multiplications ([`crate::monty`]), and the
+//! Montgomery constants are computed once per key, by crypto-bigint, when
+//! keys are loaded.
 //!
 //! Only the public-key operation is done here; there is no secret to leak,
 //! so variable-time code on public values is fine. Keys whose exponent is
@@ -17,9 +17,11 @@
 
 use std::fmt;
 
-use crypto_bigint::modular::{FixedMontyForm, FixedMontyParams};
-use crypto_bigint::{Odd, Uint, U2048, U3072, U4096};
+use crypto_bigint::modular::FixedMontyParams;
+use crypto_bigint::{Encoding, Odd, Uint, U2048, U3072, U4096};
 use sha2::{Digest, Sha256};
+
+use crate::monty::{self, Modulus};
 
 /// DER encoding of the SHA-256 `DigestInfo` prefix (RFC 8017 §9.2 note 1).
 const SHA256_DIGEST_INFO: [u8; 19] = [
@@ -29,19 +31,12 @@ const SHA256_DIGEST_INFO: [u8; 19] = [
 /// The exponent this fast path handles.
 pub const F4: u32 = 65_537;
 
-/// Montgomery parameters of a modulus, by size class (boxed: the sizes differ
-/// by kilobytes).
-#[derive(Clone)]
-enum Params {
-    B2048(Box<FixedMontyParams<{ U2048::LIMBS }>>),
-    B3072(Box<FixedMontyParams<{ U3072::LIMBS }>>),
-    B4096(Box<FixedMontyParams<{ U4096::LIMBS }>>),
-}
-
 /// An RSA public key with exponent 65537, prepared for verification.
 #[derive(Clone)]
 pub struct PreparedKey {
-    params: Params,
+    /// The modulus with its Montgomery constants, at the width of its size
+    /// class (2048, 3072 or 4096 bits).
+    monty: Modulus,
     /// The modulus, big-endian, `k` bytes (no leading zero byte).
     modulus: Vec<u8>,
 }
@@ -52,12 +47,24 @@ impl fmt::Debug for PreparedKey {
     }
 }
 
-fn params<const LIMBS: usize>(modulus: &[u8]) -> Option<Box<FixedMontyParams<LIMBS>>> {
+/// The Montgomery constants of `modulus` for `R = 2^(bits of Uint<LIMBS>)`,
+/// which is the same on every target whatever crypto-bigint's limb width.
+fn constants<const LIMBS: usize>(modulus: &[u8]) -> Option<Modulus>
+where
+    Uint<LIMBS>: Encoding,
+{
     let width = Uint::<LIMBS>::BYTES;
     let mut padded = vec![0u8; width.checked_sub(modulus.len())?];
     padded.extend_from_slice(modulus);
     let n = Odd::new(Uint::<LIMBS>::from_be_slice(&padded)).into_option()?;
-    Some(Box::new(FixedMontyParams::new_vartime(n)))
+    let params = FixedMontyParams::new_vartime(n);
+    let limbs = width / 4;
+    Modulus::new(
+        monty::limbs_from_be(&padded, limbs)?,
+        // -n⁻¹ mod 2^64 (or 2^32) reduced mod 2^32 is -n⁻¹ mod 2^32.
+        params.mod_neg_inv().0 as u32,
+        monty::limbs_from_be(params.r2().to_be_bytes().as_ref(), limbs)?,
+    )
 }
 
 impl PreparedKey {
@@ -73,13 +80,13 @@ impl PreparedKey {
             return None;
         }
         let modulus: Vec<u8> = modulus.iter().skip_while(|b| **b == 0).copied().collect();
-        let params = match modulus.len() {
-            256 => Params::B2048(params(&modulus)?),
-            257..=384 => Params::B3072(params(&modulus)?),
-            385..=512 => Params::B4096(params(&modulus)?),
+        let monty = match modulus.len() {
+            256 => constants::<{ U2048::LIMBS }>(&modulus)?,
+            257..=384 => constants::<{ U3072::LIMBS }>(&modulus)?,
+            385..=512 => constants::<{ U4096::LIMBS }>(&modulus)?,
             _ => return None,
         };
-        Some(Self { params, modulus })
+        Some(Self { monty, modulus })
     }
 
     /// RSASSA-PKCS1-v1_5 verification with SHA-256 of `message`.
@@ -94,11 +101,10 @@ impl PreparedKey {
         if signature.len() != k || signature >= self.modulus.as_slice() || digest.len() != 32 {
             return false;
         }
-        let em = match &self.params {
-            Params::B2048(p) => encrypt(p, signature),
-            Params::B3072(p) => encrypt(p, signature),
-            Params::B4096(p) => encrypt(p, signature),
+        let Some(em) = monty::limbs_from_be(signature, self.monty.limbs()).and_then(|s| self.monty.pow_f4(&s)) else {
+            return false;
         };
+        let em = monty::limbs_to_be(&em);
         // The encoded message is the last k bytes; anything before is zero.
         let Some(split) = em.len().checked_sub(k) else {
             return false;
@@ -106,17 +112,6 @@ impl PreparedKey {
         let (high, em) = em.split_at(split);
         high.iter().all(|b| *b == 0) && is_pkcs1_sha256(em, digest)
     }
-}
-
-/// `s^65537 mod n`, big-endian, at the integer width.
-fn encrypt<const LIMBS: usize>(params: &FixedMontyParams<LIMBS>, signature: &[u8]) -> Vec<u8> {
-    let width = Uint::<LIMBS>::BYTES;
-    let mut padded = vec![0u8; width - signature.len()];
-    padded.extend_from_slice(signature);
-    let s = FixedMontyForm::new(&Uint::<LIMBS>::from_be_slice(&padded), params);
-    // 65537 = 2^16 + 1: sixteen squarings and one multiplication.
-    let m = s.square_repeat_vartime(16).mul(&s).retrieve();
-    m.to_be_bytes().as_slice().to_vec()
 }
 
 /// `0x00 0x01 FF…FF 0x00 DigestInfo(SHA-256) H`, at least 8 bytes of `FF`.
