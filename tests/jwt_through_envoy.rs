@@ -224,6 +224,60 @@ fn unmatched_route_is_refused() {
 }
 
 #[test]
+fn an_allowed_request_keeps_everything_but_the_identity_headers() {
+    // The filter writes the header map back whole; nothing else may change.
+    let stack = stack();
+    let token = stack.idp.access_token(&["DomainApi", "update"]);
+    let body = br#"{"Name":"M\u00fcller, Ltd"}"#;
+    let raw = [
+        b"POST /api/domain/odata/Customers?$select=Name&x=%2Fa HTTP/1.1\r\nhost: erp.example\r\nconnection: close\r\n"
+            .as_slice(),
+        format!("authorization: {}\r\n", bearer(&token)).as_bytes(),
+        b"x-trace: one\r\nx-erp-scopes: spoofed\r\nx-trace: two\r\nx-bytes: caf\xe9\r\nx-empty:\r\n",
+        format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+        body,
+    ]
+    .concat();
+    let r = erp_devstack::client::send_raw(stack.envoy.listener, &raw).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = stack.echo.seen();
+    let request = seen.last().unwrap();
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.url, "/api/domain/odata/Customers?$select=Name&x=%2Fa");
+    assert_eq!(request.body, body);
+    let values = |name: &str| -> Vec<&[u8]> {
+        request
+            .headers
+            .iter()
+            .zip(&request.raw_values)
+            .filter(|((n, _), _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+            .collect()
+    };
+    assert_eq!(
+        values("x-trace"),
+        [b"one".as_slice(), b"two"],
+        "repeated headers, in order"
+    );
+    assert_eq!(values("x-bytes"), [b"caf\xe9".as_slice()], "bytes kept as sent");
+    assert_eq!(values("x-empty"), [b"".as_slice()]);
+    assert_eq!(values("host"), [b"erp.example".as_slice()]);
+    assert_eq!(values("content-type"), [b"application/json".as_slice()]);
+    assert_eq!(
+        values("x-erp-scopes"),
+        [b"DomainApi update".as_slice()],
+        "one copy, the filter's"
+    );
+    assert_eq!(values("x-erp-client-id"), [b"my.trusted.app/first".as_slice()]);
+    assert_eq!(values("authorization"), [bearer(&token).as_bytes()]);
+    assert_not_leaked(&stack, &token);
+}
+
+#[test]
 fn non_utf8_header_value_is_refused_and_the_filter_keeps_running() {
     let stack = stack();
     let mut raw =

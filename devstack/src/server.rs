@@ -17,6 +17,9 @@ pub struct Request {
     /// Path with query, as sent.
     pub url: String,
     pub headers: Vec<(String, String)>,
+    /// Header values as the bytes that arrived (`headers` decodes them
+    /// lossily).
+    pub raw_values: Vec<Vec<u8>>,
     pub body: Vec<u8>,
 }
 
@@ -140,6 +143,7 @@ fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<(Request
                     .iter()
                     .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
                     .collect();
+                let raw_values: Vec<Vec<u8>> = parsed.headers.iter().map(|h| h.value.to_vec()).collect();
                 let header = |name: &str| {
                     headers
                         .iter()
@@ -167,6 +171,7 @@ fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<(Request
                         method,
                         url,
                         headers,
+                        raw_values,
                         body,
                     },
                     keep_alive,
