@@ -11,7 +11,7 @@ use erp_devstack::tokens::{self, SigningKey};
 use erp_edge_validator::config::Config;
 use erp_edge_validator::decision::{Decision, Engine, RequestHead};
 use erp_edge_validator::jwt;
-use erp_edge_validator::verified::VerifiedCache;
+use erp_edge_validator::verified::Remembered;
 use rsa::pkcs1v15::{Signature, VerifyingKey};
 use rsa::signature::Verifier;
 use serde_json::json;
@@ -119,14 +119,14 @@ fn main() {
         path: "/api/domain/odata/Customers?$top=10",
         headers: &headers,
     };
-    let mut cache = VerifiedCache::new(10_000);
+    let mut cache = Remembered::new(10_000, 0);
     bench("decide: cached token (hash, lookup, scopes)", || {
         assert!(matches!(
             engine.decide(&request, &keys, &mut cache, now),
             Decision::Allow(_)
         ));
     });
-    let mut no_cache = VerifiedCache::new(0);
+    let mut no_cache = Remembered::new(0, 0);
     bench("decide: uncached token (full verification)", || {
         assert!(matches!(
             engine.decide(&request, &keys, &mut no_cache, now),

@@ -102,6 +102,11 @@ impl ReferenceCache {
 
     /// The cached answer for a token, if fresh.
     pub fn get(&self, store: &dyn SharedStore, hash: &TokenHash, now: u64) -> Option<Answer> {
+        self.get_until(store, hash, now).map(|(answer, _)| answer)
+    }
+
+    /// The cached answer and the last second it may be used.
+    pub fn get_until(&self, store: &dyn SharedStore, hash: &TokenHash, now: u64) -> Option<(Answer, u64)> {
         let (value, _) = store.get(&self.entry_key(hash));
         decode_entry(&value?, hash, now)
     }
@@ -173,7 +178,7 @@ impl ReferenceCache {
     }
 }
 
-fn decode_entry(value: &[u8], hash: &TokenHash, now: u64) -> Option<Answer> {
+fn decode_entry(value: &[u8], hash: &TokenHash, now: u64) -> Option<(Answer, u64)> {
     if value.len() < 42 || value[0] != ENTRY_VERSION || value[1..33] != hash[..] {
         return None;
     }
@@ -181,13 +186,13 @@ fn decode_entry(value: &[u8], hash: &TokenHash, now: u64) -> Option<Answer> {
     if expires_at <= now {
         return None;
     }
-    match value[41] {
-        0 => Some(Answer::Inactive),
-        1 => serde_json::from_slice::<Principal>(&value[42..])
-            .ok()
-            .map(Answer::Active),
-        _ => None,
-    }
+    let answer = match value[41] {
+        0 => Answer::Inactive,
+        1 => Answer::Active(serde_json::from_slice::<Principal>(&value[42..]).ok()?),
+        _ => return None,
+    };
+    // Stored as the first second it is stale.
+    Some((answer, expires_at - 1))
 }
 
 fn encode_flight(hash: &TokenHash, state: u8, time_ms: u64) -> Vec<u8> {

@@ -15,7 +15,7 @@ use crate::jwt::{self, ClaimRules, JwtError};
 use crate::policy::Access;
 use crate::principal::{Identity, Principal};
 use crate::rejection::Rejection;
-use crate::verified::VerifiedCache;
+use crate::verified::{Remembered, VerifiedCache};
 
 /// The parts of a request the decision reads.
 #[derive(Debug, Clone, Copy)]
@@ -114,8 +114,8 @@ impl Engine {
 
     /// Decides a request against the current signing `keys`, remembering
     /// verified JWTs in `verified`. `now` is seconds since the epoch.
-    pub fn decide(&self, request: &RequestHead<'_>, keys: &KeySet, verified: &mut VerifiedCache, now: u64) -> Decision {
-        match self.try_decide(request, keys, verified, now) {
+    pub fn decide(&self, request: &RequestHead<'_>, keys: &KeySet, memory: &mut Remembered, now: u64) -> Decision {
+        match self.try_decide(request, keys, memory, now) {
             Ok(decision) => decision,
             Err(rejection) => Decision::Deny(rejection),
         }
@@ -123,7 +123,16 @@ impl Engine {
 
     /// Decides a reference-token request once the identity service (or the
     /// cache) has answered; `Err` is why it could not.
-    pub fn finish_reference(&self, pending: &PendingReference, answer: Result<&Answer, &Rejection>) -> Decision {
+    ///
+    /// An active answer the shared cache keeps until second `until` is
+    /// remembered in `references` as long.
+    pub fn finish_reference(
+        &self,
+        pending: &PendingReference,
+        answer: Result<&Answer, &Rejection>,
+        references: &mut VerifiedCache,
+        until: Option<u64>,
+    ) -> Decision {
         let principal = match answer {
             Ok(Answer::Active(principal)) => principal.clone(),
             Ok(Answer::Inactive) => {
@@ -131,10 +140,12 @@ impl Engine {
             }
             Err(rejection) => return Decision::Deny(rejection.clone()),
         };
-        match self
-            .identity(principal)
-            .and_then(|identity| self.allow(&pending.access, identity, &pending.credential_header))
-        {
+        let identity = self.identity(principal).inspect(|identity| {
+            if let Some(until) = until {
+                references.insert(pending.hash, "", Rc::clone(identity), until);
+            }
+        });
+        match identity.and_then(|identity| self.allow(&pending.access, identity, &pending.credential_header)) {
             Ok(allowed) => Decision::Allow(allowed),
             Err(rejection) => Decision::Deny(rejection),
         }
@@ -158,7 +169,7 @@ impl Engine {
         &self,
         request: &RequestHead<'_>,
         keys: &KeySet,
-        verified: &mut VerifiedCache,
+        memory: &mut Remembered,
         now: u64,
     ) -> Result<Decision, Rejection> {
         let access = self.config.policy.access(request.method, request.path)?;
@@ -174,7 +185,7 @@ impl Engine {
             self.config.max_token_bytes,
         )?;
         match credential.kind {
-            TokenKind::Jwt => match self.verify_jwt_cached(credential.token, keys, verified, now) {
+            TokenKind::Jwt => match self.verify_jwt_cached(credential.token, keys, &mut memory.jwts, now) {
                 Ok(principal) => self.allow(access, principal, credential.header).map(Decision::Allow),
                 Err(JwtError::UnknownKey) if self.config.remote_jwks.is_some() => Ok(Decision::AwaitKeys(PendingJwt {
                     token: credential.token.to_owned(),
@@ -183,20 +194,32 @@ impl Engine {
                 })),
                 Err(e) => Err(e.into()),
             },
-            TokenKind::Reference => self.reference(access, &credential),
+            TokenKind::Reference => self.reference(access, &credential, &memory.references, now),
         }
     }
 
-    fn reference(&self, access: &Access, credential: &Credential<'_>) -> Result<Decision, Rejection> {
+    fn reference(
+        &self,
+        access: &Access,
+        credential: &Credential<'_>,
+        references: &VerifiedCache,
+        now: u64,
+    ) -> Result<Decision, Rejection> {
         if self.config.introspection.is_none() {
             return Err(Rejection::InvalidToken("reference tokens are not accepted here"));
         }
         if !credential::is_well_formed_reference(credential.token) {
             return Err(Rejection::InvalidToken("the reference token is malformed"));
         }
+        let hash = cache::hash_token(credential.token);
+        if let Some(identity) = references.get(&hash, "", now) {
+            return self
+                .allow(access, Rc::clone(identity), credential.header)
+                .map(Decision::Allow);
+        }
         Ok(Decision::Introspect {
             pending: PendingReference {
-                hash: cache::hash_token(credential.token),
+                hash,
                 access: access.clone(),
                 credential_header: credential.header.to_owned(),
             },
@@ -214,7 +237,7 @@ impl Engine {
     ) -> Result<Rc<Identity>, JwtError> {
         let digest = jwt::signing_digest(token);
         let signature = token.rsplit_once('.').map_or("", |(_, s)| s);
-        if let Some(identity) = verified.get(&digest, signature, now, self.config.clock_skew_seconds) {
+        if let Some(identity) = verified.get(&digest, signature, now) {
             return Ok(Rc::clone(identity));
         }
         if keys.is_empty() {
@@ -225,7 +248,11 @@ impl Engine {
             Identity::new(principal, &self.config.identity_headers)
                 .map_err(|_| JwtError::Invalid("a claim holds characters a header cannot carry"))?,
         );
-        verified.insert(digest, signature, Rc::clone(&identity));
+        let until = identity
+            .principal
+            .expires_at
+            .saturating_add(self.config.clock_skew_seconds);
+        verified.insert(digest, signature, Rc::clone(&identity), until);
         Ok(identity)
     }
 
@@ -262,7 +289,7 @@ mod tests {
         engine.decide(
             &RequestHead { method, path, headers },
             &engine.config().inline_keys,
-            &mut VerifiedCache::new(10),
+            &mut Remembered::new(10, 10),
             NOW,
         )
     }
@@ -353,7 +380,7 @@ mod tests {
                 headers: &[header],
             },
             &engine.config().inline_keys,
-            &mut VerifiedCache::new(10),
+            &mut Remembered::new(10, 10),
             NOW,
         ) {
             Decision::Introspect { pending, token } => {
@@ -393,7 +420,7 @@ mod tests {
                     headers: &[("x-api-key", token)],
                 },
                 &engine.config().inline_keys,
-                &mut VerifiedCache::new(10),
+                &mut Remembered::new(10, 10),
                 NOW,
             );
             assert_eq!(
@@ -418,7 +445,8 @@ mod tests {
         };
         let answer = Answer::Active(principal);
         let get = pending(&engine, "GET", ("x-api-key", PAT));
-        let Decision::Allow(allowed) = engine.finish_reference(&get, Ok(&answer)) else {
+        let mut references = VerifiedCache::new(10);
+        let Decision::Allow(allowed) = engine.finish_reference(&get, Ok(&answer), &mut references, None) else {
             panic!()
         };
         assert!(allowed
@@ -427,23 +455,80 @@ mod tests {
         assert!(allowed.set_headers().contains(&("x-erp-subject".into(), "u1".into())));
         let post = pending(&engine, "POST", ("x-api-key", PAT));
         assert_eq!(
-            engine.finish_reference(&post, Ok(&answer)),
+            engine.finish_reference(&post, Ok(&answer), &mut references, None),
             Decision::Deny(Rejection::InsufficientScope {
                 required: "update".into()
             })
         );
         assert_eq!(
-            engine.finish_reference(&get, Ok(&Answer::Inactive)),
+            engine.finish_reference(&get, Ok(&Answer::Inactive), &mut references, Some(NOW + 10)),
             Decision::Deny(Rejection::InvalidToken("the token is not active"))
         );
         let down = crate::introspection::UNAVAILABLE;
-        assert_eq!(engine.finish_reference(&get, Err(&down)), Decision::Deny(down.clone()));
+        assert_eq!(
+            engine.finish_reference(&get, Err(&down), &mut references, Some(NOW + 10)),
+            Decision::Deny(down.clone())
+        );
+        assert!(
+            references.is_empty(),
+            "only active answers the cache keeps are remembered"
+        );
+    }
+
+    #[test]
+    fn a_remembered_reference_answer_skips_the_shared_cache_until_its_expiry() {
+        let engine = introspecting();
+        let principal = crate::principal::Principal {
+            kind: crate::principal::PrincipalKind::ReferenceService,
+            client_id: Some("app".into()),
+            subject: None,
+            client_db: None,
+            system_user: None,
+            scopes: vec!["read".into()],
+            expires_at: NOW + 1000,
+        };
+        let mut memory = Remembered::new(10, 10);
+        let get = pending(&engine, "GET", ("x-api-key", PAT));
+        let until = NOW + 30;
+        assert!(matches!(
+            engine.finish_reference(
+                &get,
+                Ok(&Answer::Active(principal)),
+                &mut memory.references,
+                Some(until)
+            ),
+            Decision::Allow(_)
+        ));
+        let request = |method| RequestHead {
+            method,
+            path: "/api/domain/x",
+            headers: &[("x-api-key", PAT)],
+        };
+        let keys = &engine.config().inline_keys;
+        let Decision::Allow(allowed) = engine.decide(&request("GET"), keys, &mut memory, until) else {
+            panic!("not remembered")
+        };
+        assert_eq!(allowed.principal().and_then(|p| p.client_id.as_deref()), Some("app"));
+        assert!(
+            matches!(
+                engine.decide(&request("POST"), keys, &mut memory, NOW),
+                Decision::Deny(Rejection::InsufficientScope { .. })
+            ),
+            "scopes are checked on every request"
+        );
+        assert!(
+            matches!(
+                engine.decide(&request("GET"), keys, &mut memory, until + 1),
+                Decision::Introspect { .. }
+            ),
+            "past the shared entry's expiry, ask again"
+        );
     }
 
     #[test]
     fn a_repeated_jwt_is_verified_once() {
         let engine = testkit::engine();
-        let mut verified = VerifiedCache::new(10);
+        let mut verified = Remembered::new(10, 10);
         let auth = format!("Bearer {}", testkit::token(&["read"]));
         let headers = [("authorization", auth.as_str())];
         let request = RequestHead {
@@ -455,7 +540,7 @@ mod tests {
             engine.decide(&request, &engine.config().inline_keys, &mut verified, NOW),
             Decision::Allow(_)
         ));
-        assert_eq!(verified.len(), 1);
+        assert_eq!(verified.jwts.len(), 1);
         // With no keys at all, only the cache can allow it.
         assert!(matches!(
             engine.decide(&request, &KeySet::default(), &mut verified, NOW),
@@ -491,7 +576,7 @@ mod tests {
                 headers: &headers,
             },
             &engine.config().inline_keys,
-            &mut VerifiedCache::new(10),
+            &mut Remembered::new(10, 10),
             NOW,
         ) else {
             panic!("denied")
@@ -526,7 +611,7 @@ mod remote_key_tests {
                 headers: &headers,
             },
             keys,
-            &mut VerifiedCache::new(10),
+            &mut Remembered::new(10, 10),
             NOW,
         )
     }

@@ -23,8 +23,9 @@ use crate::decision::{Allowed, Decision, Engine, PendingJwt, PendingReference, R
 use crate::introspection::{self, Answer, UNAVAILABLE};
 use crate::jwks::KeySet;
 use crate::key_refresh::{KeySync, Reason};
+use crate::principal::PrincipalKind;
 use crate::rejection::Rejection;
-use crate::verified::VerifiedCache;
+use crate::verified::Remembered;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -164,7 +165,7 @@ struct Shared {
     key_version: Cell<u64>,
     key_sync: Option<KeySync>,
     /// JWTs this worker verified, cleared whenever the keys change.
-    verified: RefCell<VerifiedCache>,
+    memory: RefCell<Remembered>,
     /// The tick period last asked of Envoy (asking again restarts the timer).
     tick: Cell<Duration>,
 }
@@ -317,11 +318,15 @@ impl Shared {
         let Some((now, now_ms)) = now() else {
             return Some(Decision::Deny(Rejection::Unavailable("the clock is unavailable")));
         };
-        if let Some(answer) = cache.get(&HostStore, &pending.hash, now) {
+        if let Some((answer, until)) = cache.get_until(&HostStore, &pending.hash, now) {
             if let Some(m) = &self.metrics {
                 Metrics::bump(m.cache_hits);
             }
-            return Some(self.engine.finish_reference(&pending, Ok(&answer)));
+            let references = &mut self.memory.borrow_mut().references;
+            let decision = self
+                .engine
+                .finish_reference(&pending, Ok(&answer), references, Some(until));
+            return Some(decision);
         }
         let mut coordinator = self.coordinator.borrow_mut();
         let hash = pending.hash;
@@ -410,7 +415,7 @@ impl Shared {
                     log::info!("erp-edge-validator: signing keys v{version}: {:?}", remote.kids());
                     *self.keys.borrow_mut() = self.engine.config().inline_keys.merged(&remote);
                     // A retired key must stop working for cached tokens too.
-                    self.verified.borrow_mut().clear();
+                    self.memory.borrow_mut().jwts.clear();
                 }
                 Err(e) => log::error!("erp-edge-validator: published key set v{version} unreadable: {e}"),
             }
@@ -577,9 +582,11 @@ impl Shared {
             None => Err(UNAVAILABLE),
             Some(body) => introspection::read_answer(status.as_deref(), &body, now),
         };
+        let mut until = None;
         match &answer {
             Ok(a) => {
                 let expiry = cache.put(&HostStore, &hash, a, now);
+                until = expiry.map(|first_stale| first_stale.saturating_sub(1));
                 cache.finish(&HostStore, &hash, None);
                 log::debug!(
                     "erp-edge-validator: {} is {} (cached until {expiry:?})",
@@ -600,11 +607,12 @@ impl Shared {
                 cache.finish(&HostStore, &hash, Some(now_ms + FAILURE_SHARED_MS));
             }
         }
-        self.resolve(&hash, answer.as_ref());
+        self.resolve(&hash, answer.as_ref(), until);
     }
 
-    /// Decides and resumes (or answers) every request waiting for a token.
-    fn resolve(&self, hash: &TokenHash, answer: Result<&Answer, &Rejection>) {
+    /// Decides and resumes (or answers) every request waiting for a token;
+    /// an answer the shared cache keeps until second `until` is remembered.
+    fn resolve(&self, hash: &TokenHash, answer: Result<&Answer, &Rejection>, until: Option<u64>) {
         let waiters = {
             let mut coordinator = self.coordinator.borrow_mut();
             coordinator.remote.remove(hash);
@@ -615,7 +623,12 @@ impl Shared {
             if hostcalls::set_effective_context(waiter.context_id).is_err() {
                 continue;
             }
-            let decision = self.engine.finish_reference(&waiter.pending, answer);
+            // The memory is borrowed for the decision only: replying may call
+            // back into the filter.
+            let decision = {
+                let references = &mut self.memory.borrow_mut().references;
+                self.engine.finish_reference(&waiter.pending, answer, references, until)
+            };
             let what = waiter.pending.fingerprint();
             if self.apply(decision, &what) {
                 if let Err(status) = hostcalls::resume_http_request() {
@@ -634,7 +647,7 @@ impl Shared {
         for (hash, token) in orphans {
             let result = self.dispatch(&mut self.coordinator.borrow_mut(), &hash, &token, root_id, now_ms);
             if let Err(rejection) = result {
-                self.resolve(&hash, Err(&rejection));
+                self.resolve(&hash, Err(&rejection), None);
             }
         }
         let (now, now_ms) = now().unwrap_or((0, 0));
@@ -646,12 +659,12 @@ impl Shared {
             .map(|(h, (d, _))| (*h, *d))
             .collect();
         for (hash, deadline_ms) in remote {
-            if let Some(answer) = cache.get(&HostStore, &hash, now) {
-                self.resolve(&hash, Ok(&answer));
+            if let Some((answer, until)) = cache.get_until(&HostStore, &hash, now) {
+                self.resolve(&hash, Ok(&answer), Some(until));
                 continue;
             }
             match cache.flight(&HostStore, &hash, now_ms) {
-                Flight::Failed => self.resolve(&hash, Err(&UNAVAILABLE)),
+                Flight::Failed => self.resolve(&hash, Err(&UNAVAILABLE), None),
                 Flight::InProgress { .. } if now_ms <= deadline_ms => {}
                 _ => self.take_over(cache, &hash, root_id, now_ms),
             }
@@ -713,7 +726,7 @@ impl Shared {
             }
         };
         if let Err(rejection) = result {
-            self.resolve(hash, Err(&rejection));
+            self.resolve(hash, Err(&rejection), None);
         }
     }
 }
@@ -788,7 +801,13 @@ impl RootContext for Root {
             .as_ref()
             .map(|r| KeySync::new(&namespace(&r.cluster, &r.authority, &r.path), r));
         let keys = config.inline_keys.clone();
-        let jwt_cache_max_entries = config.jwt_cache_max_entries;
+        let memory = Remembered::new(
+            config.jwt_cache_max_entries,
+            config
+                .introspection
+                .as_ref()
+                .map_or(0, |i| i.cache_max_entries as usize),
+        );
         let shared = Rc::new(Shared {
             engine: Engine::new(config),
             metrics: Metrics::define(),
@@ -797,7 +816,7 @@ impl RootContext for Root {
             keys: RefCell::new(keys),
             key_version: Cell::new(0),
             key_sync,
-            verified: RefCell::new(VerifiedCache::new(jwt_cache_max_entries)),
+            memory: RefCell::new(memory),
             tick: Cell::new(Duration::ZERO),
         });
         if shared.key_sync.is_some() {
@@ -887,7 +906,14 @@ impl HttpContext for Http {
         };
         let decision = shared
             .engine
-            .decide(&request, &shared.keys.borrow(), &mut shared.verified.borrow_mut(), now);
+            .decide(&request, &shared.keys.borrow(), &mut shared.memory.borrow_mut(), now);
+        if let (Decision::Allow(allowed), Some(m)) = (&decision, &shared.metrics) {
+            // A reference token allowed at once: this worker remembered the
+            // shared cache's answer.
+            if allowed.principal().is_some_and(|p| p.kind != PrincipalKind::Jwt) {
+                Metrics::bump(m.cache_hits);
+            }
+        }
         let decision = match decision {
             Decision::Introspect { pending, token } => shared.introspect(self.context_id, pending, &token),
             Decision::AwaitKeys(pending) => shared.await_keys(self.context_id, pending, now),

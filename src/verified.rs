@@ -1,14 +1,21 @@
-//! The verified-token cache for JWTs: SHA-256 of a token's signing input
-//! (plus its signature, compared on every hit) → the identity its
-//! verification produced, so a repeated token skips signature work. The
-//! digest is the one the RS256 check needs anyway: one hash per request.
+//! What a worker remembers between requests, in plain memory (no
+//! serialisation, no host call: a hit costs a hash and a map lookup).
 //!
-//! One per worker (plain memory, no serialisation: a hit costs a hash and a
-//! map lookup). Entries live until the token's `exp` (plus the clock skew
-//! the verifier allows), the map is bounded (it is emptied when full), and
-//! the owner clears it whenever the signing keys change, so a retired key
-//! stops working at the next key refresh, cached or not. Scopes are still
-//! checked against the route on every request.
+//! - Verified JWTs: SHA-256 of a token's signing input (plus its signature,
+//!   compared on every hit) → the identity its verification produced, so a
+//!   repeated token skips signature work. The digest is the one the RS256
+//!   check needs anyway: one hash per request. Entries live until the
+//!   token's `exp` plus the clock skew the verifier allows, and the owner
+//!   clears them whenever the signing keys change, so a retired key stops
+//!   working at the next key refresh, cached or not.
+//! - Reference tokens: SHA-256 of the token → the identity of an active
+//!   answer from the shared cache (or the callout that filled it), until
+//!   that shared entry's own expiry, so a worker reads and parses a token's
+//!   answer once instead of on every request. Revocation is seen exactly as
+//!   late as before: never later than `cache_max_ttl_seconds`.
+//!
+//! Each map is bounded (emptied when full). Scopes are still checked against
+//! the route on every request.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -16,10 +23,38 @@ use std::rc::Rc;
 use crate::cache::TokenHash;
 use crate::principal::Identity;
 
+/// Identities by token hash, each with a check string (a JWT's signature)
+/// and an expiry.
 #[derive(Debug, Default)]
 pub struct VerifiedCache {
-    entries: HashMap<TokenHash, (Box<str>, Rc<Identity>)>,
+    entries: HashMap<TokenHash, Entry>,
     capacity: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    check: Box<str>,
+    identity: Rc<Identity>,
+    /// Last second (since the epoch) the entry may be used.
+    until: u64,
+}
+
+/// Both of a worker's maps.
+#[derive(Debug, Default)]
+pub struct Remembered {
+    /// Verified JWTs (`jwt_cache_max_entries`).
+    pub jwts: VerifiedCache,
+    /// Reference tokens' active answers (`introspection.cache_max_entries`).
+    pub references: VerifiedCache,
+}
+
+impl Remembered {
+    pub fn new(jwts: usize, references: usize) -> Self {
+        Self {
+            jwts: VerifiedCache::new(jwts),
+            references: VerifiedCache::new(references),
+        }
+    }
 }
 
 impl VerifiedCache {
@@ -31,25 +66,31 @@ impl VerifiedCache {
         }
     }
 
-    /// The identity of a token verified before (same signing-input digest
-    /// and the same signature), if still within `exp + skew`.
-    pub fn get(&self, digest: &TokenHash, signature: &str, now: u64, skew: u64) -> Option<&Rc<Identity>> {
+    /// The identity remembered for `hash` with the same `check` (a JWT's
+    /// signature; empty for reference tokens), if `now` is not past its
+    /// expiry.
+    pub fn get(&self, hash: &TokenHash, check: &str, now: u64) -> Option<&Rc<Identity>> {
         self.entries
-            .get(digest)
-            .filter(|(s, i)| &**s == signature && now <= i.principal.expires_at.saturating_add(skew))
-            .map(|(_, i)| i)
+            .get(hash)
+            .filter(|e| &*e.check == check && now <= e.until)
+            .map(|e| &e.identity)
     }
 
-    /// Remembers a verified token. A full cache is emptied first: bounded
-    /// memory without bookkeeping on the hot path.
-    pub fn insert(&mut self, digest: TokenHash, signature: &str, identity: Rc<Identity>) {
+    /// Remembers an identity until second `until`. A full cache is emptied
+    /// first: bounded memory without bookkeeping on the hot path.
+    pub fn insert(&mut self, hash: TokenHash, check: &str, identity: Rc<Identity>, until: u64) {
         if self.capacity == 0 {
             return;
         }
         if self.entries.len() >= self.capacity {
             self.entries.clear();
         }
-        self.entries.insert(digest, (signature.into(), identity));
+        let entry = Entry {
+            check: check.into(),
+            identity,
+            until,
+        };
+        self.entries.insert(hash, entry);
     }
 
     /// Forgets everything (the signing keys changed).
@@ -89,27 +130,28 @@ mod tests {
     }
 
     #[test]
-    fn entries_live_until_exp_plus_skew() {
+    fn entries_live_until_their_expiry() {
         let mut c = VerifiedCache::new(10);
         let h = hash_token("a.b.c");
-        c.insert(h, "sig", principal(100));
-        assert!(c.get(&h, "sig", 160, 60).is_some());
-        assert!(c.get(&h, "sig", 161, 60).is_none());
+        c.insert(h, "sig", principal(100), 160);
+        assert!(c.get(&h, "sig", 160).is_some());
+        assert!(c.get(&h, "sig", 161).is_none());
     }
 
     #[test]
     fn the_same_payload_with_another_signature_is_not_a_hit() {
         let mut c = VerifiedCache::new(10);
         let h = hash_token("a.b");
-        c.insert(h, "good", principal(100));
-        assert!(c.get(&h, "forged", 0, 60).is_none());
+        c.insert(h, "good", principal(100), 100);
+        assert!(c.get(&h, "forged", 0).is_none());
+        assert!(c.get(&h, "", 0).is_none());
     }
 
     #[test]
     fn the_cache_stays_bounded() {
         let mut c = VerifiedCache::new(100);
         for i in 0..10_000 {
-            c.insert(hash_token(&i.to_string()), "s", principal(100));
+            c.insert(hash_token(&i.to_string()), "s", principal(100), 100);
             assert!(c.len() <= 100);
         }
     }
@@ -117,7 +159,7 @@ mod tests {
     #[test]
     fn zero_capacity_disables_it() {
         let mut c = VerifiedCache::new(0);
-        c.insert(hash_token("a"), "s", principal(100));
+        c.insert(hash_token("a"), "s", principal(100), 100);
         assert!(c.is_empty());
     }
 }
