@@ -15,11 +15,11 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 
 use crate::cache::{Claim, Flight, ReferenceCache, SharedStore, TokenHash};
 use crate::config::Config;
-use crate::decision::{Allowed, Decision, Engine, PendingJwt, PendingReference, RequestHead};
+use crate::decision::{Decision, Engine, PendingJwt, PendingReference, RequestHead};
 use crate::introspection::{self, Answer, UNAVAILABLE};
 use crate::jwks::KeySet;
 use crate::key_refresh::{KeySync, Reason};
@@ -47,9 +47,6 @@ const FAILURE_SHARED_MS: u64 = 250;
 const KEY_CHECK: Duration = Duration::from_millis(250);
 /// Right away (the next tick of the event loop).
 const NOW_TICK: Duration = Duration::from_millis(1);
-
-/// A request's headers as the host hands them over (values are bytes).
-type HeaderPairs = Vec<(String, Vec<u8>)>;
 
 /// Method and path (without the query) of a request, for log lines;
 /// formatted only when a line is written.
@@ -227,17 +224,21 @@ impl Shared {
     /// Applies a decision to the current effective context. True when the
     /// request may go on (the caller continues or resumes it).
     fn apply(&self, decision: Decision, what: &dyn std::fmt::Display) -> bool {
-        self.apply_with(decision, what, None)
-    }
-
-    /// Applies a decision; `headers` are the request's headers when the
-    /// caller has just read them (otherwise they are read here, if needed).
-    fn apply_with(&self, decision: Decision, what: &dyn std::fmt::Display, headers: Option<&HeaderPairs>) -> bool {
         match decision {
             Decision::Allow(allowed) => {
-                if let Err(status) = self.rewrite(&allowed, headers) {
-                    log::error!("erp-edge-validator: cannot rewrite the request headers: {status:?}");
-                    return self.reply(&Rejection::Unavailable("the request could not be rewritten"));
+                // Client copies were removed when the request arrived, so
+                // adding is setting (without Envoy's lookup-and-replace).
+                for (name, value) in allowed.set_headers() {
+                    if let Err(status) = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value) {
+                        log::error!("erp-edge-validator: cannot set header {name}: {status:?}");
+                        return self.reply(&Rejection::Unavailable("the request could not be rewritten"));
+                    }
+                }
+                if let Some(name) = &allowed.remove_header {
+                    if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None) {
+                        log::error!("erp-edge-validator: cannot remove header {name}: {status:?}");
+                        return self.reply(&Rejection::Unavailable("the request could not be rewritten"));
+                    }
                 }
                 log::debug!(
                     "erp-edge-validator: allowed {what} client_id={:?}",
@@ -257,40 +258,6 @@ impl Shared {
                 self.reply(&Rejection::Unavailable("the request could not be decided"))
             }
         }
-    }
-
-    /// The headers an allowed request goes on with: the client's copies of
-    /// the identity headers (and the credential header, when configured so)
-    /// removed, the identity headers added. One write of the whole map: each
-    /// host call costs about a microsecond, one per header would cost five.
-    fn rewrite(&self, allowed: &Allowed, headers: Option<&HeaderPairs>) -> Result<(), Status> {
-        let read;
-        let headers = match headers {
-            Some(headers) => headers,
-            None => {
-                read = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)?;
-                &read
-            }
-        };
-        let names = self.engine.config().identity_headers.names();
-        let dropped = |name: &str| {
-            names.iter().any(|n| n.eq_ignore_ascii_case(name))
-                || allowed
-                    .remove_header
-                    .as_deref()
-                    .is_some_and(|r| r.eq_ignore_ascii_case(name))
-        };
-        let added = allowed.set_headers();
-        if added.is_empty() && !headers.iter().any(|(name, _)| dropped(name)) {
-            return Ok(());
-        }
-        let pairs: Vec<(&str, &[u8])> = headers
-            .iter()
-            .filter(|(name, _)| !dropped(name))
-            .map(|(name, value)| (name.as_str(), value.as_slice()))
-            .chain(added.iter().map(|(name, value)| (name.as_str(), value.as_bytes())))
-            .collect();
-        hostcalls::set_map_bytes(MapType::HttpRequestHeaders, pairs)
     }
 
     /// Sends the rejection's reply on the current effective context.
@@ -893,6 +860,16 @@ impl HttpContext for Http {
             .iter()
             .map(|(name, value)| (name.as_str(), std::str::from_utf8(value).unwrap_or("\u{fffd}")))
             .collect();
+        // Client-sent identity headers never reach the upstream.
+        for name in shared.engine.config().identity_headers.names() {
+            if headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None) {
+                    log::error!("erp-edge-validator: cannot remove header {name}: {status:?}");
+                    shared.reply(&Rejection::Unavailable("the request could not be rewritten"));
+                    return Action::Pause;
+                }
+            }
+        }
         let pseudo = |name: &str| headers.iter().find(|(n, _)| *n == name).map_or("", |(_, v)| *v);
         let request = RequestHead {
             method: pseudo(":method"),
@@ -922,9 +899,7 @@ impl HttpContext for Http {
         let Some(decision) = decision else {
             return Action::Pause;
         };
-        // Client-sent identity headers never reach the upstream: the
-        // rewrite of an allowed request drops them.
-        if shared.apply_with(decision, &what, Some(&raw)) {
+        if shared.apply(decision, &what) {
             Action::Continue
         } else {
             Action::Pause
