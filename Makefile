@@ -46,16 +46,18 @@ run: build venv
 lint: toolchain
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy --target $(WASM_TARGET) -p erp-edge-validator --lib -- -D warnings
+	cargo clippy --target $(WASM_TARGET) -p erp-edge-validator -p noop-filter -p probe-filter --lib -- -D warnings
 
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 
 # Throughput through Envoy against baselines (no filter, a do-nothing wasm
-# filter, native jwt_authn), interleaved rounds, medians and ratios.
-# BENCH_ROUNDS (3), BENCH_SECONDS (5) and BENCH_POOL (20000) tune it.
+# filter, host calls alone, native jwt_authn), interleaved rounds, medians
+# and ratios. BENCH_ROUNDS (5), BENCH_SECONDS (3), BENCH_POOL (20000) and
+# BENCH_ONLY (a,j1,...) tune it; BENCH_VARIANT=name=j2:other.wasm compares
+# another build, BENCH_PROBE=name=map+add 5 measures host calls.
 bench: build venv wrk
-	cargo build --release --target $(WASM_TARGET) -p noop-filter
+	cargo build --release --target $(WASM_TARGET) -p noop-filter -p probe-filter
 	cargo build --release -p erp-devstack
 	target/release/erp-devstack bench
 

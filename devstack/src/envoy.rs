@@ -149,6 +149,11 @@ pub struct Envoy {
 static STARTED: AtomicU32 = AtomicU32::new(0);
 
 impl Envoy {
+    /// The process id, while Envoy runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts Envoy with this configuration and waits until it serves.
     /// When Envoy refuses the configuration, the error holds its log.
     pub fn start(yaml: &str, options: &EnvoyOptions) -> Result<Self, Error> {
