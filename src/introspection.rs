@@ -38,7 +38,8 @@ pub struct IntrospectionConfig {
     /// How long an inactive answer is remembered, in seconds. Default 5; 0 to 60.
     #[serde(default = "default_negative_ttl")]
     pub negative_cache_ttl_seconds: u64,
-    /// Cache slots shared by all workers (the keyspace bound). Default 10000;
+    /// Cache slots shared by all workers (the keyspace bound), and the most
+    /// active answers each worker keeps its own copy of. Default 10000;
     /// 16 to 1000000.
     #[serde(default = "default_max_entries")]
     pub cache_max_entries: u32,
