@@ -16,8 +16,10 @@
 //! `R² mod n`); the modulus is fixed by the key and public, so nothing here
 //! needs to be constant-time.
 //!
-//! Column sums stay far below 2⁶⁴: a column receives at most `4·LIMBS + 2`
-//! values below 2³², which for 128 limbs is under 2⁴¹.
+//! Column sums stay far below 2⁶⁴: each of a column's two sums receives at
+//! most `3·LIMBS + 1` values below 2³² (a product or reduction row adds one,
+//! the doubling of a square counts twice), so a column, both sums and the
+//! carry from below together, stays under 2⁴³ for 128 limbs.
 
 /// Limbs of the largest modulus handled (4096 bits).
 pub const MAX_LIMBS: usize = 128;
