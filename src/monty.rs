@@ -308,6 +308,32 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_operands_at_the_largest_size_match_crypto_bigint() {
+        // n = 2^4096 - 1 and x = n - 1: every limb all ones (or nearly), the
+        // largest column sums the code can meet.
+        use crypto_bigint::U4096;
+        let limbs = MAX_LIMBS;
+        let n = vec![u32::MAX; limbs];
+        let odd = Odd::new(U4096::from_be_slice(&limbs_to_be(&n))).unwrap();
+        let params = FixedMontyParams::new_vartime(odd);
+        let r2 = limbs_from_be(params.r2().to_be_bytes().as_slice(), limbs).unwrap();
+        let m = Modulus::new(n.clone(), params.mod_neg_inv().0 as u32, r2).unwrap();
+        let mut x = n.clone();
+        x[0] -= 1;
+        let as_uint = |v: &[u32]| U4096::from_be_slice(&limbs_to_be(v));
+        let mut out = vec![0u32; limbs];
+        m.square(&x, &mut Columns::new(limbs), &mut out);
+        let expected = FixedMontyForm::from_montgomery(as_uint(&x), &params).square();
+        assert_eq!(as_uint(&out), *expected.as_montgomery());
+        m.mul(&x, &x, &mut Columns::new(limbs), &mut out);
+        assert_eq!(as_uint(&out), *expected.as_montgomery());
+        let expected = FixedMontyForm::new(&as_uint(&x), &params)
+            .pow(&Uint::<1>::from_u32(65_537))
+            .retrieve();
+        assert_eq!(as_uint(&m.pow_f4(&x).unwrap()), expected);
+    }
+
+    #[test]
     fn inconsistent_constants_are_refused() {
         let mut rng = OsRng;
         let (m, _) = modulus(&mut rng, true);
