@@ -182,6 +182,10 @@ pub fn run() -> Result<(), Error> {
         .into_iter()
         .filter(|s| only.is_empty() || only.split(',').any(|o| o == s.name))
         .collect();
+    let cpus = split_cpus();
+    if cpus.is_none() {
+        eprintln!("warning: one CPU or no taskset: Envoy and wrk share CPUs");
+    }
     let mut envoys = Vec::new();
     for s in &scenarios {
         let yaml = bench_yaml(&s.filters, idp.addr().port());
@@ -194,7 +198,7 @@ pub fn run() -> Result<(), Error> {
             },
         )?;
         check(s, &envoy)?;
-        pin(&envoy);
+        pin(&envoy, cpus);
         let tokens_file = out_dir.join(format!("{}.tokens", s.name));
         fs::write(&tokens_file, s.tokens.join("\n"))?;
         envoys.push((envoy, tokens_file));
@@ -209,7 +213,7 @@ pub fn run() -> Result<(), Error> {
         for i in (0..count).map(|k| (k + round - 1) % count) {
             let s = &scenarios[i];
             let (envoy, tokens_file) = &envoys[i];
-            let sample = wrk(envoy, &script, tokens_file, s.header, seconds, s.expect == 200)?;
+            let sample = wrk(cpus, envoy, &script, tokens_file, s.header, seconds, s.expect == 200)?;
             eprintln!(
                 "round {round}/{rounds} {:>3}: {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms",
                 s.name, sample.rps, sample.p50_ms, sample.p99_ms
@@ -449,19 +453,19 @@ request = function()
 end
 "#;
 
-/// With two or more CPUs, Envoy runs on the last one and wrk on the others,
-/// so the load generator does not take turns with the worker it measures.
-fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |p| p.get())
+/// With two or more CPUs (and `taskset`), Envoy runs on the last CPU and wrk
+/// on the others, so the load generator does not take turns with the worker
+/// it measures. `None`: no pinning.
+fn split_cpus() -> Option<usize> {
+    let cpus = std::thread::available_parallelism().map_or(1, |p| p.get());
+    let taskset = Command::new("taskset").arg("--version").output();
+    (cpus >= 2 && taskset.is_ok_and(|o| o.status.success())).then_some(cpus)
 }
 
-fn pin(envoy: &Envoy) {
-    let (cpus, Some(pid)) = (cpus(), envoy.pid()) else {
+fn pin(envoy: &Envoy, cpus: Option<usize>) {
+    let (Some(cpus), Some(pid)) = (cpus, envoy.pid()) else {
         return;
     };
-    if cpus < 2 {
-        return;
-    }
     let pinned = Command::new("taskset")
         .args(["-a", "-p", "-c", &(cpus - 1).to_string(), &pid.to_string()])
         .output();
@@ -471,6 +475,7 @@ fn pin(envoy: &Envoy) {
 }
 
 fn wrk(
+    cpus: Option<usize>,
     envoy: &Envoy,
     script: &Path,
     tokens: &PathBuf,
@@ -478,13 +483,13 @@ fn wrk(
     seconds: usize,
     expect_ok: bool,
 ) -> Result<Sample, Error> {
-    let cpus = cpus();
-    let mut command = if cpus >= 2 {
-        let mut c = Command::new("taskset");
-        c.args(["-c", &format!("0-{}", cpus - 2), "wrk"]);
-        c
-    } else {
-        Command::new("wrk")
+    let mut command = match cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &format!("0-{}", cpus - 2), "wrk"]);
+            c
+        }
+        None => Command::new("wrk"),
     };
     let output = command
         .args(["-t1", "-c10", &format!("-d{seconds}s"), "--latency", "-s"])
