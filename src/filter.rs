@@ -161,7 +161,8 @@ struct Shared {
     keys: RefCell<KeySet>,
     key_version: Cell<u64>,
     key_sync: Option<KeySync>,
-    /// JWTs this worker verified, cleared whenever the keys change.
+    /// What this worker remembers: verified JWTs (cleared whenever the keys
+    /// change) and reference-token answers read from the shared cache.
     memory: RefCell<Remembered>,
     /// The tick period last asked of Envoy (asking again restarts the timer).
     tick: Cell<Duration>,
