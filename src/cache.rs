@@ -178,6 +178,12 @@ impl ReferenceCache {
     }
 }
 
+/// Entries record the first second they are stale (what [`ReferenceCache::put`]
+/// returns); the last second an answer may be used is the one before.
+pub fn last_usable_second(expires_at: u64) -> u64 {
+    expires_at.saturating_sub(1)
+}
+
 fn decode_entry(value: &[u8], hash: &TokenHash, now: u64) -> Option<(Answer, u64)> {
     if value.len() < 42 || value[0] != ENTRY_VERSION || value[1..33] != hash[..] {
         return None;
@@ -191,8 +197,7 @@ fn decode_entry(value: &[u8], hash: &TokenHash, now: u64) -> Option<(Answer, u64
         1 => Answer::Active(serde_json::from_slice::<Principal>(&value[42..]).ok()?),
         _ => return None,
     };
-    // Stored as the first second it is stale.
-    Some((answer, expires_at - 1))
+    Some((answer, last_usable_second(expires_at)))
 }
 
 fn encode_flight(hash: &TokenHash, state: u8, time_ms: u64) -> Vec<u8> {

@@ -431,19 +431,29 @@ mod tests {
         }
     }
 
-    #[test]
-    fn reference_answer_is_checked_against_the_route() {
-        let engine = introspecting();
-        let principal = crate::principal::Principal {
-            kind: crate::principal::PrincipalKind::ReferenceUser,
+    /// An introspection answer for client `app` with scope `read`: a user's
+    /// token with a subject, a service's without.
+    fn reference_principal(subject: Option<&str>, expires_at: u64) -> crate::principal::Principal {
+        use crate::principal::{Principal, PrincipalKind};
+        Principal {
+            kind: if subject.is_some() {
+                PrincipalKind::ReferenceUser
+            } else {
+                PrincipalKind::ReferenceService
+            },
             client_id: Some("app".into()),
-            subject: Some("u1".into()),
+            subject: subject.map(Into::into),
             client_db: None,
             system_user: None,
             scopes: vec!["read".into()],
-            expires_at: NOW + 100,
-        };
-        let answer = Answer::Active(principal);
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn reference_answer_is_checked_against_the_route() {
+        let engine = introspecting();
+        let answer = Answer::Active(reference_principal(Some("u1"), NOW + 100));
         let get = pending(&engine, "GET", ("x-api-key", PAT));
         let mut references = VerifiedCache::new(10);
         let Decision::Allow(allowed) = engine.finish_reference(&get, Ok(&answer), &mut references, None) else {
@@ -478,15 +488,7 @@ mod tests {
     #[test]
     fn a_remembered_reference_answer_skips_the_shared_cache_until_its_expiry() {
         let engine = introspecting();
-        let principal = crate::principal::Principal {
-            kind: crate::principal::PrincipalKind::ReferenceService,
-            client_id: Some("app".into()),
-            subject: None,
-            client_db: None,
-            system_user: None,
-            scopes: vec!["read".into()],
-            expires_at: NOW + 1000,
-        };
+        let principal = reference_principal(None, NOW + 1000);
         let mut memory = Remembered::new(10, 10);
         let get = pending(&engine, "GET", ("x-api-key", PAT));
         let until = NOW + 30;

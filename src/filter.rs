@@ -554,7 +554,7 @@ impl Shared {
         match &answer {
             Ok(a) => {
                 let expiry = cache.put(&HostStore, &hash, a, now);
-                until = expiry.map(|first_stale| first_stale.saturating_sub(1));
+                until = expiry.map(crate::cache::last_usable_second);
                 cache.finish(&HostStore, &hash, None);
                 log::debug!(
                     "erp-edge-validator: {} is {} (cached until {expiry:?})",

@@ -229,6 +229,11 @@ pub fn run() -> Result<(), Error> {
     Ok(())
 }
 
+/// Scenario names from the environment live as long as the run.
+fn leak(text: String) -> &'static str {
+    Box::leak(text.into_boxed_str())
+}
+
 /// `BENCH_PROBE="p1=map;p2=get authorization+time"`: scenarios running the
 /// probe filter with those host calls per request (see bench/probe-filter).
 fn probes(wasm: &Path, token: &str) -> Result<Vec<Scenario>, Error> {
@@ -236,11 +241,9 @@ fn probes(wasm: &Path, token: &str) -> Result<Vec<Scenario>, Error> {
     let mut out = Vec::new();
     for item in spec.split(';').filter(|s| !s.is_empty()) {
         let (name, ops) = item.split_once('=').ok_or("BENCH_PROBE: name=ops;...")?;
-        let name: &'static str = Box::leak(name.to_string().into_boxed_str());
-        let what: &'static str = Box::leak(format!("probe: {ops}").into_boxed_str());
         out.push(Scenario {
-            name,
-            what,
+            name: leak(name.to_string()),
+            what: leak(format!("probe: {ops}")),
             filters: wasm_filter_raw(wasm, &ops.replace('+', "\n")) + &router(),
             tokens: vec![token.to_string()],
             header: "authorization",
@@ -267,8 +270,8 @@ fn variants(scenarios: &[Scenario], filter_wasm: &Path) -> Result<Vec<Scenario>,
             .find(|s| s.name == base)
             .ok_or_else(|| format!("BENCH_VARIANT: no scenario {base}"))?;
         out.push(Scenario {
-            name: Box::leak(name.to_string().into_boxed_str()),
-            what: Box::leak(format!("({}) with {wasm}", base.name).into_boxed_str()),
+            name: leak(name.to_string()),
+            what: leak(format!("({}) with {wasm}", base.name)),
             filters: base.filters.replace(&filter_wasm.display().to_string(), wasm),
             tokens: base.tokens.clone(),
             header: base.header,
