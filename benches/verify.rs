@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use erp_devstack::tokens::{self, SigningKey};
 use erp_edge_validator::config::Config;
-use erp_edge_validator::decision::{Decision, Engine, RequestHead};
+use erp_edge_validator::decision::{Engine, RequestHead, Step, Verdict};
 use erp_edge_validator::jwt;
 use erp_edge_validator::verified::Remembered;
 use rsa::pkcs1v15::{Signature, VerifyingKey};
@@ -123,14 +123,14 @@ fn main() {
     bench("decide: cached token (hash, lookup, scopes)", || {
         assert!(matches!(
             engine.decide(&request, &keys, &mut cache, now),
-            Decision::Allow(_)
+            Step::Done(Verdict::Allow(_))
         ));
     });
     let mut no_cache = Remembered::new(0, 0);
     bench("decide: uncached token (full verification)", || {
         assert!(matches!(
             engine.decide(&request, &keys, &mut no_cache, now),
-            Decision::Allow(_)
+            Step::Done(Verdict::Allow(_))
         ));
     });
 }

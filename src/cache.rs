@@ -11,31 +11,10 @@
 //! makes the callout; other workers wait for the cache entry (or the failure
 //! mark) to appear, up to the claim's deadline.
 
-use sha2::{Digest, Sha256};
-
+use crate::host::SharedStore;
 use crate::introspection::Answer;
 use crate::principal::Principal;
-
-/// SHA-256 of a token: the only form in which a token is kept.
-pub type TokenHash = [u8; 32];
-
-pub fn hash_token(token: &str) -> TokenHash {
-    Sha256::digest(token.as_bytes()).into()
-}
-
-/// A short, non-reversible label for logs: `ref:` and 8 hex digits of the hash.
-pub fn fingerprint(hash: &TokenHash) -> String {
-    format!("ref:{:02x}{:02x}{:02x}{:02x}", hash[0], hash[1], hash[2], hash[3])
-}
-
-/// The host's shared key-value store (Envoy shared data), or a map in tests.
-pub trait SharedStore {
-    /// The value and its CAS version.
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
-    /// Stores `value` if `cas` still matches (`None`: unconditionally).
-    /// False when the CAS did not match or the store refused.
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
-}
+use crate::secret::TokenHash;
 
 /// Largest principal cached; a bigger one is used but not cached.
 const MAX_ENTRY_BYTES: usize = 4096;
@@ -101,6 +80,7 @@ impl ReferenceCache {
     }
 
     /// The cached answer for a token, if fresh.
+    #[cfg(test)]
     pub fn get(&self, store: &dyn SharedStore, hash: &TokenHash, now: u64) -> Option<Answer> {
         self.get_until(store, hash, now).map(|(answer, _)| answer)
     }
@@ -215,54 +195,12 @@ fn decode_flight(value: &[u8], hash: &TokenHash) -> Option<(u8, u64)> {
     Some((value[32], u64::from_be_bytes(value[33..41].try_into().ok()?)))
 }
 
-/// An in-memory [`SharedStore`] with Envoy's semantics (CAS versions, no
-/// delete), for tests and for tools that run the core outside Envoy.
-#[derive(Debug, Default)]
-pub struct MemoryStore {
-    map: std::cell::RefCell<std::collections::HashMap<String, (Vec<u8>, u32)>>,
-}
-
-impl MemoryStore {
-    /// Number of keys ever written (shared data never shrinks).
-    pub fn len(&self) -> usize {
-        self.map.borrow().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.borrow().is_empty()
-    }
-
-    /// Total bytes of keys and values.
-    pub fn bytes(&self) -> usize {
-        self.map.borrow().iter().map(|(k, (v, _))| k.len() + v.len()).sum()
-    }
-}
-
-impl SharedStore for MemoryStore {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        match self.map.borrow().get(key) {
-            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
-            None => (None, None),
-        }
-    }
-
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        let mut map = self.map.borrow_mut();
-        let current = map.get(key).map_or(0, |(_, c)| *c);
-        if let Some(expected) = cas {
-            if expected != 0 && expected != current {
-                return false;
-            }
-        }
-        map.insert(key.to_owned(), (value.to_vec(), current.wrapping_add(1).max(1)));
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::MemoryStore;
     use crate::principal::PrincipalKind;
+    use crate::secret::hash_token;
 
     const NOW: u64 = 1_700_000_000;
 
@@ -332,7 +270,7 @@ mod tests {
             }
             assert!(store.len() <= 2 * 1000, "{} keys after {i} tokens", store.len());
         }
-        let entries = store.map.borrow().keys().filter(|k| k.starts_with("t.ref.")).count();
+        let entries = store.entries().iter().filter(|(k, _)| k.starts_with("t.ref.")).count();
         assert!(entries <= 1000, "{entries}");
         assert!(entries > 990, "the slots are used: {entries}");
     }
@@ -344,11 +282,9 @@ mod tests {
         let h = hash_token(token);
         cache().put(&store, &h, &Answer::Active(principal(NOW + 100)), NOW);
         cache().claim(&store, &h, 0, 10);
-        for (k, (v, _)) in store.map.borrow().iter() {
-            assert!(!k.contains("enrt_") && !String::from_utf8_lossy(v).contains("445659C0"));
+        for (k, v) in store.entries() {
+            assert!(!k.contains("enrt_") && !String::from_utf8_lossy(&v).contains("445659C0"));
         }
-        assert_eq!(fingerprint(&h).len(), 12);
-        assert!(!token.contains(&fingerprint(&h)[4..]));
     }
 
     #[test]

@@ -4,21 +4,19 @@
 //! are refused, and [`Config::from_json`] names the field that is wrong. The
 //! README's configuration reference is this list.
 
-use std::fmt;
-
 use serde::Deserialize;
 
+use crate::algorithm::Algorithm;
+use crate::config_error::ConfigError;
 use crate::introspection::IntrospectionConfig;
 use crate::jwks::KeySet;
 use crate::key_refresh::RemoteJwksConfig;
 use crate::policy::{Policy, RouteRule, UnmatchedRoutes};
-
-/// Algorithms the verifier can use. HMAC and `none` are deliberately absent:
-/// an edge filter holding a shared secret defeats asymmetric signing.
-pub const SUPPORTED_ALGORITHMS: &[&str] = &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"];
+use crate::principal::IdentityHeaders;
 
 /// The configuration as written by the operator.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// `realm` in every `WWW-Authenticate` challenge. Default `"erp-domain-api"`.
@@ -31,9 +29,10 @@ pub struct RawConfig {
     /// audiences is listed. Required, at least one.
     #[serde(default)]
     pub audiences: Vec<String>,
-    /// Signature algorithms accepted. Default `["RS256"]` (ERP.net signs RS256).
+    /// Signature algorithms accepted, from RS256, RS384, RS512, PS256,
+    /// PS384, PS512. Default `["RS256"]` (ERP.net signs RS256).
     #[serde(default = "default_algorithms")]
-    pub algorithms: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
     /// Leeway for `exp` and `nbf`, in seconds. Default 60; at most 600.
     #[serde(default = "default_clock_skew")]
     pub clock_skew_seconds: u64,
@@ -79,57 +78,15 @@ pub struct RawConfig {
     pub strip_credential: bool,
 }
 
-/// Names of the headers the filter sets on allowed requests. Copies sent by
-/// the client are removed from every request, allowed or not.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct IdentityHeaders {
-    /// `client_id` of the token. Default `x-erp-client-id`.
-    pub client_id: String,
-    /// `sub` (the user) when the token has one. Default `x-erp-subject`.
-    pub subject: String,
-    /// Granted scopes, space-separated. Default `x-erp-scopes`.
-    pub scopes: String,
-    /// `client_db` (the ERP.net database). Default `x-erp-client-db`.
-    pub client_db: String,
-    /// `client_system_user`. Default `x-erp-system-user`.
-    pub system_user: String,
-    /// `jwt`, `reference-user` or `reference-service`. Default `x-erp-token-kind`.
-    pub token_kind: String,
-}
-
-impl Default for IdentityHeaders {
-    fn default() -> Self {
-        Self {
-            client_id: "x-erp-client-id".into(),
-            subject: "x-erp-subject".into(),
-            scopes: "x-erp-scopes".into(),
-            client_db: "x-erp-client-db".into(),
-            system_user: "x-erp-system-user".into(),
-            token_kind: "x-erp-token-kind".into(),
-        }
-    }
-}
-
-impl IdentityHeaders {
-    /// All names, in a fixed order.
-    pub fn names(&self) -> [&str; 6] {
-        [
-            &self.client_id,
-            &self.subject,
-            &self.scopes,
-            &self.client_db,
-            &self.system_user,
-            &self.token_kind,
-        ]
-    }
-}
+/// The `realm` when the configuration names none (and of the reply when
+/// there is no configuration at all).
+pub const DEFAULT_REALM: &str = "erp-domain-api";
 
 fn default_realm() -> String {
-    "erp-domain-api".into()
+    DEFAULT_REALM.into()
 }
-fn default_algorithms() -> Vec<String> {
-    vec!["RS256".into()]
+fn default_algorithms() -> Vec<Algorithm> {
+    vec![Algorithm::Rs256]
 }
 fn default_clock_skew() -> u64 {
     60
@@ -147,39 +104,13 @@ fn default_api_key_headers() -> Vec<String> {
     vec!["x-api-key".into(), "api-key".into()]
 }
 
-/// A configuration problem, naming the field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Dotted path of the field, e.g. `routes[2].methods`.
-    pub field: String,
-    /// What is wrong with it.
-    pub problem: String,
-}
-
-impl ConfigError {
-    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            problem: problem.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "field `{}`: {}", self.field, self.problem)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
 /// The validated configuration, prepared once and shared by every request.
 #[derive(Debug)]
 pub struct Config {
     pub realm: String,
     pub issuers: Vec<String>,
     pub audiences: Vec<String>,
-    pub algorithms: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
     pub clock_skew_seconds: u64,
     pub require_at_jwt_typ: bool,
     pub max_token_bytes: usize,
@@ -197,6 +128,26 @@ pub struct Config {
 }
 
 impl Config {
+    /// One line for the start-up log: what is configured, no secrets.
+    pub fn summary(&self) -> String {
+        let skipped = match self.inline_keys.skipped() {
+            [] => String::new(),
+            _ => format!("; skipped signing keys: {}", self.inline_keys.skipped_summary()),
+        };
+        format!(
+            "{} inline signing key(s) {:?}, remote keys {}, {} issuer(s), reference tokens {}{skipped}",
+            self.inline_keys.len(),
+            self.inline_keys.kids(),
+            if self.remote_jwks.is_some() { "on" } else { "off" },
+            self.issuers.len(),
+            if self.introspection.is_some() {
+                "introspected"
+            } else {
+                "refused"
+            },
+        )
+    }
+
     /// Parses and validates the plugin configuration.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
         let mut json = serde_json::Deserializer::from_slice(bytes);
@@ -238,17 +189,6 @@ impl RawConfig {
         if self.algorithms.is_empty() {
             return Err(ConfigError::new("algorithms", "must list at least one algorithm"));
         }
-        for (i, alg) in self.algorithms.iter().enumerate() {
-            if !SUPPORTED_ALGORITHMS.contains(&alg.as_str()) {
-                return Err(ConfigError::new(
-                    format!("algorithms[{i}]"),
-                    format!(
-                        "`{alg}` is not allowed; choose from {}",
-                        SUPPORTED_ALGORITHMS.join(", ")
-                    ),
-                ));
-            }
-        }
         if self.clock_skew_seconds > 600 {
             return Err(ConfigError::new("clock_skew_seconds", "must be at most 600"));
         }
@@ -261,8 +201,8 @@ impl RawConfig {
         let inline_keys = match &self.jwks {
             None => KeySet::default(),
             Some(doc) => {
-                let keys =
-                    KeySet::from_value(doc, &self.algorithms).map_err(|problem| ConfigError::new("jwks", problem))?;
+                let keys = KeySet::from_value(doc, &self.algorithms)
+                    .map_err(|problem| ConfigError::new("jwks", problem.to_string()))?;
                 if keys.is_empty() {
                     return Err(ConfigError::new(
                         "jwks",
@@ -372,7 +312,7 @@ mod tests {
     #[test]
     fn documented_defaults_apply() {
         let config = config_with(|_| {}).unwrap();
-        assert_eq!(config.algorithms, ["RS256"]);
+        assert_eq!(config.algorithms, [Algorithm::Rs256]);
         assert_eq!(config.clock_skew_seconds, 60);
         assert!(config.require_at_jwt_typ);
         assert_eq!(config.max_token_bytes, 8192);
@@ -472,5 +412,115 @@ mod tests {
     #[test]
     fn realm_must_be_safe_to_quote() {
         assert_eq!(config_with(|d| d["realm"] = "a\"b".into()).unwrap_err().field, "realm");
+    }
+}
+
+/// The README's configuration reference is the configuration: every field
+/// it lists exists with the default it states, and every field exists in it.
+#[cfg(test)]
+mod readme_tests {
+    use std::collections::BTreeSet;
+
+    use serde::de::DeserializeOwned;
+    use serde_json::{json, Value};
+
+    use super::RawConfig;
+    use crate::introspection::IntrospectionConfig;
+    use crate::key_refresh::RemoteJwksConfig;
+    use crate::policy::RouteRule;
+    use crate::testkit;
+
+    const README: &str = include_str!("../README.md");
+
+    /// The rows of the first table under `heading`: cells, backticks kept.
+    fn table(heading: &str) -> Vec<Vec<String>> {
+        let section = README.split(heading).nth(1).expect("heading in the README");
+        section
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2)
+            .map(|l| l.trim_matches('|').split(" | ").map(|c| c.trim().to_owned()).collect())
+            .collect()
+    }
+
+    /// `` `a.b`, `c` `` names `a.b` and `a.c`; `` `x` or `y` `` names both.
+    fn names(cell: &str) -> Vec<String> {
+        let quoted: Vec<&str> = cell.split('`').skip(1).step_by(2).collect();
+        let parent = quoted.first().and_then(|q| q.rsplit_once('.')).map(|(p, _)| p);
+        quoted
+            .iter()
+            .enumerate()
+            .map(|(i, q)| match parent {
+                Some(p) if i > 0 && !q.contains('.') => format!("{p}.{q}"),
+                _ => (*q).to_owned(),
+            })
+            .collect()
+    }
+
+    /// The fields a struct accepts, from serde's own unknown-field message.
+    fn fields<T: DeserializeOwned + std::fmt::Debug>() -> BTreeSet<String> {
+        let err = serde_json::from_value::<T>(json!({"__probe": 1})).expect_err("the probe is refused");
+        let message = err.to_string();
+        let list = message.split("expected one of").nth(1).expect("serde lists the fields");
+        list.split('`').skip(1).step_by(2).map(str::to_owned).collect()
+    }
+
+    fn documented() -> Vec<(String, String)> {
+        table("## Configuration reference")
+            .into_iter()
+            .flat_map(|row| {
+                let default = row.get(1).cloned().unwrap_or_default();
+                names(&row[0]).into_iter().map(move |n| (n, default.clone()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_field_in_the_code_is_documented_and_the_other_way_round() {
+        let mut code: BTreeSet<String> = fields::<RawConfig>();
+        for (section, nested) in [
+            ("remote_jwks", fields::<RemoteJwksConfig>()),
+            ("introspection", fields::<IntrospectionConfig>()),
+        ] {
+            code.extend(nested.into_iter().map(|f| format!("{section}.{f}")));
+        }
+        let readme: BTreeSet<String> = documented().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(readme, code, "README configuration table vs configuration structs");
+        let rules: BTreeSet<String> = table("A route rule:")
+            .iter()
+            .flat_map(|row| names(&row[0]))
+            .collect();
+        assert_eq!(rules, fields::<RouteRule>(), "README route-rule table vs RouteRule");
+    }
+
+    #[test]
+    fn every_documented_default_is_the_default() {
+        let mut doc = testkit::config_json();
+        doc["remote_jwks"] = json!({"cluster": "c", "authority": "a"});
+        doc["introspection"] = testkit::introspection_json();
+        let raw: RawConfig = serde_json::from_value(doc).expect("a minimal configuration");
+        let mut actual = serde_json::to_value(&raw).expect("serialisable");
+        // Sections that are absent by default are shown with their own defaults.
+        actual["jwks"] = Value::Null;
+        let mut checked = 0;
+        for (name, default) in documented() {
+            if ["required", "absent", "see table above"].contains(&default.as_str()) {
+                continue;
+            }
+            let literal = default.trim_matches('`');
+            let expected: Value = serde_json::from_str(literal).unwrap_or_else(|_| panic!("{name}: {default}"));
+            let value = name.split('.').fold(&actual, |v, part| &v[part]);
+            assert_eq!(value, &expected, "README default of `{name}`");
+            checked += 1;
+        }
+        assert!(checked >= 15, "only {checked} defaults checked");
+    }
+
+    #[test]
+    fn the_identity_header_table_lists_the_default_names() {
+        let listed: Vec<String> = table("Identity headers set on allowed requests").iter().flat_map(|r| names(&r[0])).collect();
+        let defaults = crate::principal::IdentityHeaders::default();
+        assert_eq!(listed, defaults.names().map(str::to_owned));
     }
 }

@@ -1,10 +1,11 @@
-//! The decision for one request: allow with an identity, deny with a
-//! rejection, or (for reference tokens) ask the identity service first.
+//! The decision for one request: a final [`Verdict`] (allow with an
+//! identity, deny with a rejection), or a [`Step`] that needs the outside
+//! world first (the identity service's word on a reference token, fresh
+//! signing keys for an unknown `kid`).
 //!
-//! Pure: the host glue gathers the request head, the keys and the clock, and
-//! turns the [`Decision`] into Envoy actions.
+//! Pure: the coordination in [`crate::worker`] gathers what a step needs and
+//! finishes it here, with the same functions the first pass uses.
 
-use crate::cache::{self, TokenHash};
 use std::rc::Rc;
 
 use crate::config::Config;
@@ -15,6 +16,7 @@ use crate::jwt::{self, ClaimRules, JwtError};
 use crate::policy::Access;
 use crate::principal::{Identity, Principal};
 use crate::rejection::Rejection;
+use crate::secret::{self, Secret, TokenHash};
 use crate::verified::{Remembered, VerifiedCache};
 
 /// The parts of a request the decision reads.
@@ -25,44 +27,68 @@ pub struct RequestHead<'a> {
     pub headers: &'a [(&'a str, &'a str)],
 }
 
-/// What to do with the request.
+/// The final answer for a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Forward it. `principal` is `None` on public routes.
+pub enum Verdict {
+    /// Forward it, with these changes.
     Allow(Allowed),
     /// Refuse it with this rejection.
     Deny(Rejection),
-    /// A well-formed reference token: look in the cache, else introspect
-    /// `token`, then [`Engine::finish_reference`].
-    Introspect { pending: PendingReference, token: String },
+}
+
+/// Where the decision of a request stands after its first pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Decided.
+    Done(Verdict),
+    /// A well-formed reference token nobody on this worker remembers: ask
+    /// the shared cache or the identity service, then
+    /// [`Engine::finish_reference`].
+    Introspect(PendingReference),
     /// A JWT signed by a key the filter does not know yet while keys come
-    /// from the identity service: refetch the keys (if allowed), then
-    /// [`Engine::finish_jwt`].
+    /// from the identity service: look for a newer key set (or fetch one),
+    /// then [`Engine::finish_jwt`].
     AwaitKeys(PendingJwt),
 }
 
-/// A request whose JWT waits for fresh signing keys. Holds the token in
-/// memory for the length of the wait only.
+impl From<Result<Allowed, Rejection>> for Verdict {
+    fn from(result: Result<Allowed, Rejection>) -> Self {
+        match result {
+            Ok(allowed) => Self::Allow(allowed),
+            Err(rejection) => Self::Deny(rejection),
+        }
+    }
+}
+
+/// A request whose JWT waits for fresh signing keys. Holds the token for
+/// the length of the wait only; `Debug` does not show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingJwt {
-    token: String,
+    token: Secret,
     access: Access,
     credential_header: String,
 }
 
-/// A request waiting for the identity service's word on its reference token.
-/// Holds no token: only its hash.
+/// A request waiting for the identity service's word on its reference
+/// token. The token is kept (redacted in `Debug`) in case the call must be
+/// made again; the caches see only its hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingReference {
     pub hash: TokenHash,
+    token: Secret,
     access: Access,
     credential_header: String,
 }
 
 impl PendingReference {
+    /// The token, for the introspection callout.
+    pub fn token(&self) -> &Secret {
+        &self.token
+    }
+
     /// Short label for logs.
     pub fn fingerprint(&self) -> String {
-        cache::fingerprint(&self.hash)
+        secret::fingerprint(&self.hash)
     }
 }
 
@@ -112,17 +138,17 @@ impl Engine {
         }
     }
 
-    /// Decides a request against the current signing `keys`, remembering
-    /// verified JWTs in `verified`. `now` is seconds since the epoch.
-    pub fn decide(&self, request: &RequestHead<'_>, keys: &KeySet, memory: &mut Remembered, now: u64) -> Decision {
-        match self.try_decide(request, keys, memory, now) {
-            Ok(decision) => decision,
-            Err(rejection) => Decision::Deny(rejection),
+    /// The first pass over a request, against the current signing `keys`
+    /// and what this worker remembers. `now` is seconds since the epoch.
+    pub fn decide(&self, request: &RequestHead<'_>, keys: &KeySet, memory: &mut Remembered, now: u64) -> Step {
+        match self.first_pass(request, keys, memory, now) {
+            Ok(step) => step,
+            Err(rejection) => Step::Done(Verdict::Deny(rejection)),
         }
     }
 
-    /// Decides a reference-token request once the identity service (or the
-    /// cache) has answered; `Err` is why it could not.
+    /// Finishes a reference-token request once the identity service (or the
+    /// shared cache) has answered; `Err` is why it could not.
     ///
     /// An active answer the shared cache keeps until second `until` is
     /// remembered in `references` as long.
@@ -132,52 +158,44 @@ impl Engine {
         answer: Result<&Answer, &Rejection>,
         references: &mut VerifiedCache,
         until: Option<u64>,
-    ) -> Decision {
+    ) -> Verdict {
         let principal = match answer {
             Ok(Answer::Active(principal)) => principal.clone(),
-            Ok(Answer::Inactive) => {
-                return Decision::Deny(Rejection::InvalidToken("the token is not active"));
-            }
-            Err(rejection) => return Decision::Deny(rejection.clone()),
+            Ok(Answer::Inactive) => return Verdict::Deny(Rejection::InvalidToken("the token is not active")),
+            Err(rejection) => return Verdict::Deny(rejection.clone()),
         };
         let identity = self.identity(principal).inspect(|identity| {
             if let Some(until) = until {
                 references.insert(pending.hash, "", Rc::clone(identity), until);
             }
         });
-        match identity.and_then(|identity| self.allow(&pending.access, identity, &pending.credential_header)) {
-            Ok(allowed) => Decision::Allow(allowed),
-            Err(rejection) => Decision::Deny(rejection),
-        }
+        identity
+            .and_then(|identity| self.allow(&pending.access, identity, &pending.credential_header))
+            .into()
     }
 
-    /// Decides a JWT request after a key refresh (or the end of the wait):
-    /// an unknown `kid` now is final.
-    pub fn finish_jwt(&self, pending: &PendingJwt, keys: &KeySet, now: u64) -> Decision {
-        let result = self
-            .verify_jwt(&pending.token, keys, now)
+    /// Finishes a JWT request after the wait for keys: the same verification
+    /// as the first pass, and an unknown `kid` now is final.
+    pub fn finish_jwt(&self, pending: &PendingJwt, keys: &KeySet, memory: &mut Remembered, now: u64) -> Verdict {
+        self.verify_jwt(pending.token.expose(), keys, &mut memory.jwts, now)
             .map_err(Rejection::from)
-            .and_then(|principal| self.identity(principal))
-            .and_then(|identity| self.allow(&pending.access, identity, &pending.credential_header));
-        match result {
-            Ok(allowed) => Decision::Allow(allowed),
-            Err(rejection) => Decision::Deny(rejection),
-        }
+            .and_then(|identity| self.allow(&pending.access, identity, &pending.credential_header))
+            .into()
     }
 
-    fn try_decide(
+    fn first_pass(
         &self,
         request: &RequestHead<'_>,
         keys: &KeySet,
         memory: &mut Remembered,
         now: u64,
-    ) -> Result<Decision, Rejection> {
+    ) -> Result<Step, Rejection> {
         let access = self.config.policy.access(request.method, request.path)?;
         if *access == Access::Public {
-            return Ok(Decision::Allow(Allowed {
+            return Ok(Step::Done(Verdict::Allow(Allowed {
                 identity: None,
                 remove_header: None,
-            }));
+            })));
         }
         let credential = credential::find(
             request.headers.iter().copied(),
@@ -185,10 +203,12 @@ impl Engine {
             self.config.max_token_bytes,
         )?;
         match credential.kind {
-            TokenKind::Jwt => match self.verify_jwt_cached(credential.token, keys, &mut memory.jwts, now) {
-                Ok(principal) => self.allow(access, principal, credential.header).map(Decision::Allow),
-                Err(JwtError::UnknownKey) if self.config.remote_jwks.is_some() => Ok(Decision::AwaitKeys(PendingJwt {
-                    token: credential.token.to_owned(),
+            TokenKind::Jwt => match self.verify_jwt(credential.token, keys, &mut memory.jwts, now) {
+                Ok(identity) => self
+                    .allow(access, identity, credential.header)
+                    .map(|allowed| Step::Done(Verdict::Allow(allowed))),
+                Err(JwtError::UnknownKey) if self.config.remote_jwks.is_some() => Ok(Step::AwaitKeys(PendingJwt {
+                    token: Secret::new(credential.token),
                     access: access.clone(),
                     credential_header: credential.header.to_owned(),
                 })),
@@ -204,31 +224,30 @@ impl Engine {
         credential: &Credential<'_>,
         references: &VerifiedCache,
         now: u64,
-    ) -> Result<Decision, Rejection> {
+    ) -> Result<Step, Rejection> {
         if self.config.introspection.is_none() {
             return Err(Rejection::InvalidToken("reference tokens are not accepted here"));
         }
         if !credential::is_well_formed_reference(credential.token) {
             return Err(Rejection::InvalidToken("the reference token is malformed"));
         }
-        let hash = cache::hash_token(credential.token);
+        let hash = secret::hash_token(credential.token);
         if let Some(identity) = references.get(&hash, "", now) {
             return self
                 .allow(access, Rc::clone(identity), credential.header)
-                .map(Decision::Allow);
+                .map(|allowed| Step::Done(Verdict::Allow(allowed)));
         }
-        Ok(Decision::Introspect {
-            pending: PendingReference {
-                hash,
-                access: access.clone(),
-                credential_header: credential.header.to_owned(),
-            },
-            token: credential.token.to_owned(),
-        })
+        Ok(Step::Introspect(PendingReference {
+            hash,
+            token: Secret::new(credential.token),
+            access: access.clone(),
+            credential_header: credential.header.to_owned(),
+        }))
     }
 
-    /// Verifies a JWT, or finds it verified before.
-    fn verify_jwt_cached(
+    /// Verifies a JWT, or finds it verified before: the one verification
+    /// path, for first passes and for requests that waited for keys.
+    fn verify_jwt(
         &self,
         token: &str,
         keys: &KeySet,
@@ -240,27 +259,17 @@ impl Engine {
         if let Some(identity) = verified.get(&digest, signature, now) {
             return Ok(Rc::clone(identity));
         }
-        if keys.is_empty() {
-            return Err(JwtError::NoKeys);
-        }
         let principal = jwt::verify_with_digest(token, &digest, keys, &self.claim_rules(), now)?;
-        let identity = Rc::new(
-            Identity::new(principal, &self.config.identity_headers)
-                .map_err(|_| JwtError::Invalid("a claim holds characters a header cannot carry"))?,
-        );
+        let identity = match self.identity(principal) {
+            Ok(identity) => identity,
+            Err(_) => return Err(JwtError::UnsafeClaim),
+        };
         let until = identity
             .principal
             .expires_at
             .saturating_add(self.config.clock_skew_seconds);
         verified.insert(digest, signature, Rc::clone(&identity), until);
         Ok(identity)
-    }
-
-    fn verify_jwt(&self, token: &str, keys: &KeySet, now: u64) -> Result<Principal, JwtError> {
-        if keys.is_empty() {
-            return Err(JwtError::NoKeys);
-        }
-        jwt::verify(token, keys, &self.claim_rules(), now)
     }
 
     /// Checks the route's scopes and builds what the upstream receives.
@@ -284,7 +293,7 @@ mod tests {
     use crate::testkit::{self, NOW};
     use serde_json::json;
 
-    fn decide(method: &str, path: &str, headers: &[(&str, &str)]) -> Decision {
+    fn decide(method: &str, path: &str, headers: &[(&str, &str)]) -> Step {
         let engine = testkit::engine();
         engine.decide(
             &RequestHead { method, path, headers },
@@ -294,9 +303,9 @@ mod tests {
         )
     }
 
-    fn denied(d: Decision) -> Rejection {
+    fn denied(d: Step) -> Rejection {
         match d {
-            Decision::Deny(r) => r,
+            Step::Done(Verdict::Deny(r)) => r,
             other => panic!("expected a denial, got {other:?}"),
         }
     }
@@ -304,7 +313,7 @@ mod tests {
     #[test]
     fn read_token_may_get_with_identity_headers() {
         let auth = format!("Bearer {}", testkit::token(&["DomainApi", "read"]));
-        let Decision::Allow(allowed) = decide(
+        let Step::Done(Verdict::Allow(allowed)) = decide(
             "GET",
             "/api/domain/odata/Customers?$top=10",
             &[("authorization", &auth)],
@@ -344,7 +353,7 @@ mod tests {
     fn public_route_needs_no_credential() {
         assert!(matches!(
             decide("GET", "/healthz", &[]),
-            Decision::Allow(Allowed { identity: None, .. })
+            Step::Done(Verdict::Allow(Allowed { identity: None, .. }))
         ));
     }
 
@@ -383,8 +392,8 @@ mod tests {
             &mut Remembered::new(10, 10),
             NOW,
         ) {
-            Decision::Introspect { pending, token } => {
-                assert_eq!(token, PAT);
+            Step::Introspect(pending) => {
+                assert_eq!(pending.token().expose(), PAT);
                 pending
             }
             other => panic!("expected introspection, got {other:?}"),
@@ -397,7 +406,7 @@ mod tests {
         let bearer = format!("Bearer {PAT}");
         for header in [("authorization", bearer.as_str()), ("x-api-key", PAT), ("api-key", PAT)] {
             let p = pending(&engine, "GET", header);
-            assert_eq!(p.hash, cache::hash_token(PAT));
+            assert_eq!(p.hash, secret::hash_token(PAT));
         }
     }
 
@@ -425,7 +434,9 @@ mod tests {
             );
             assert_eq!(
                 d,
-                Decision::Deny(Rejection::InvalidToken("the reference token is malformed")),
+                Step::Done(Verdict::Deny(Rejection::InvalidToken(
+                    "the reference token is malformed"
+                ))),
                 "{token}"
             );
         }
@@ -456,7 +467,7 @@ mod tests {
         let answer = Answer::Active(reference_principal(Some("u1"), NOW + 100));
         let get = pending(&engine, "GET", ("x-api-key", PAT));
         let mut references = VerifiedCache::new(10);
-        let Decision::Allow(allowed) = engine.finish_reference(&get, Ok(&answer), &mut references, None) else {
+        let Verdict::Allow(allowed) = engine.finish_reference(&get, Ok(&answer), &mut references, None) else {
             panic!()
         };
         assert!(allowed
@@ -466,18 +477,18 @@ mod tests {
         let post = pending(&engine, "POST", ("x-api-key", PAT));
         assert_eq!(
             engine.finish_reference(&post, Ok(&answer), &mut references, None),
-            Decision::Deny(Rejection::InsufficientScope {
+            Verdict::Deny(Rejection::InsufficientScope {
                 required: "update".into()
             })
         );
         assert_eq!(
             engine.finish_reference(&get, Ok(&Answer::Inactive), &mut references, Some(NOW + 10)),
-            Decision::Deny(Rejection::InvalidToken("the token is not active"))
+            Verdict::Deny(Rejection::InvalidToken("the token is not active"))
         );
         let down = crate::introspection::UNAVAILABLE;
         assert_eq!(
             engine.finish_reference(&get, Err(&down), &mut references, Some(NOW + 10)),
-            Decision::Deny(down.clone())
+            Verdict::Deny(down.clone())
         );
         assert!(
             references.is_empty(),
@@ -499,7 +510,7 @@ mod tests {
                 &mut memory.references,
                 Some(until)
             ),
-            Decision::Allow(_)
+            Verdict::Allow(_)
         ));
         let request = |method| RequestHead {
             method,
@@ -507,21 +518,21 @@ mod tests {
             headers: &[("x-api-key", PAT)],
         };
         let keys = &engine.config().inline_keys;
-        let Decision::Allow(allowed) = engine.decide(&request("GET"), keys, &mut memory, until) else {
+        let Step::Done(Verdict::Allow(allowed)) = engine.decide(&request("GET"), keys, &mut memory, until) else {
             panic!("not remembered")
         };
         assert_eq!(allowed.principal().and_then(|p| p.client_id.as_deref()), Some("app"));
         assert!(
             matches!(
                 engine.decide(&request("POST"), keys, &mut memory, NOW),
-                Decision::Deny(Rejection::InsufficientScope { .. })
+                Step::Done(Verdict::Deny(Rejection::InsufficientScope { .. }))
             ),
             "scopes are checked on every request"
         );
         assert!(
             matches!(
                 engine.decide(&request("GET"), keys, &mut memory, until + 1),
-                Decision::Introspect { .. }
+                Step::Introspect(_)
             ),
             "past the shared entry's expiry, ask again"
         );
@@ -540,13 +551,13 @@ mod tests {
         };
         assert!(matches!(
             engine.decide(&request, &engine.config().inline_keys, &mut verified, NOW),
-            Decision::Allow(_)
+            Step::Done(Verdict::Allow(_))
         ));
         assert_eq!(verified.jwts.len(), 1);
         // With no keys at all, only the cache can allow it.
         assert!(matches!(
             engine.decide(&request, &KeySet::default(), &mut verified, NOW),
-            Decision::Allow(_)
+            Step::Done(Verdict::Allow(_))
         ));
         let post = RequestHead {
             method: "POST",
@@ -555,15 +566,52 @@ mod tests {
         assert!(
             matches!(
                 engine.decide(&post, &engine.config().inline_keys, &mut verified, NOW),
-                Decision::Deny(Rejection::InsufficientScope { .. })
+                Step::Done(Verdict::Deny(Rejection::InsufficientScope { .. }))
             ),
             "scopes are checked on every request"
         );
         let later = NOW + 3600 + 61;
         assert!(matches!(
             engine.decide(&request, &engine.config().inline_keys, &mut verified, later),
-            Decision::Deny(Rejection::InvalidToken("the token has expired"))
+            Step::Done(Verdict::Deny(Rejection::InvalidToken("the token has expired")))
         ));
+    }
+
+    #[test]
+    fn debug_of_the_configuration_and_pending_steps_shows_no_secret() {
+        let engine = introspecting();
+        let secret = erp_devstack::idp::INTROSPECTION_SECRET;
+        let introspect = engine.decide(
+            &RequestHead {
+                method: "GET",
+                path: "/api/domain/x",
+                headers: &[("x-api-key", PAT)],
+            },
+            &engine.config().inline_keys,
+            &mut Remembered::new(10, 10),
+            NOW,
+        );
+        let remote = Engine::new(testkit::config_from(|d| {
+            d["remote_jwks"] = json!({"cluster": "identity", "authority": "idp"});
+        }));
+        let jwt = testkit::token_with(|h, _| h["kid"] = json!("rotated"));
+        let auth = format!("Bearer {jwt}");
+        let await_keys = remote.decide(
+            &RequestHead {
+                method: "GET",
+                path: "/api/domain/x",
+                headers: &[("authorization", &auth)],
+            },
+            &remote.config().inline_keys,
+            &mut Remembered::new(10, 10),
+            NOW,
+        );
+        assert!(matches!(introspect, Step::Introspect(_)) && matches!(await_keys, Step::AwaitKeys(_)));
+        let shown = format!("{:?} {introspect:?} {await_keys:?} {:#?}", engine.config(), engine.config());
+        assert!(!shown.contains(secret), "the client secret is shown");
+        assert!(!shown.contains(&PAT[5..]), "the reference token is shown");
+        assert!(!shown.contains(&jwt[..20]), "the JWT is shown");
+        assert!(shown.contains("Secret("), "redacted, not dropped");
     }
 
     #[test]
@@ -571,7 +619,7 @@ mod tests {
         let engine = Engine::new(testkit::config_from(|d| d["strip_credential"] = json!(true)));
         let token = testkit::token(&["read"]);
         let headers = [("x-api-key", token.as_str())];
-        let Decision::Allow(allowed) = engine.decide(
+        let Step::Done(Verdict::Allow(allowed)) = engine.decide(
             &RequestHead {
                 method: "GET",
                 path: "/api/domain/x",
@@ -603,7 +651,7 @@ mod remote_key_tests {
         ("GET".into(), vec![("authorization", format!("Bearer {token}"))])
     }
 
-    fn decide(engine: &Engine, token: &str, keys: &KeySet) -> Decision {
+    fn decide(engine: &Engine, token: &str, keys: &KeySet) -> Step {
         let (method, headers) = request(token);
         let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
         engine.decide(
@@ -622,12 +670,17 @@ mod remote_key_tests {
     fn unknown_kid_waits_for_keys_when_they_come_from_the_identity_service() {
         let engine = remote_engine();
         let token = testkit::token_with(|h, _| h["kid"] = json!("rotated"));
-        let Decision::AwaitKeys(pending) = decide(&engine, &token, &engine.config().inline_keys) else {
+        let Step::AwaitKeys(pending) = decide(&engine, &token, &engine.config().inline_keys) else {
             panic!()
         };
         assert_eq!(
-            engine.finish_jwt(&pending, &engine.config().inline_keys, NOW),
-            Decision::Deny(Rejection::InvalidToken("the token's signing key is not known"))
+            engine.finish_jwt(
+                &pending,
+                &engine.config().inline_keys,
+                &mut Remembered::new(10, 10),
+                NOW
+            ),
+            Verdict::Deny(Rejection::InvalidToken("the token's signing key is not known"))
         );
     }
 
@@ -637,7 +690,7 @@ mod remote_key_tests {
         let token = testkit::token_with(|h, _| h["kid"] = json!("rotated"));
         assert!(matches!(
             decide(&engine, &token, &engine.config().inline_keys),
-            Decision::Deny(Rejection::InvalidToken(_))
+            Step::Done(Verdict::Deny(Rejection::InvalidToken(_)))
         ));
     }
 
@@ -646,6 +699,9 @@ mod remote_key_tests {
         let engine = remote_engine();
         let token = testkit::token(&["read"]);
         let d = decide(&engine, &token, &KeySet::default());
-        assert!(matches!(d, Decision::Deny(Rejection::Unavailable(_))), "{d:?}");
+        assert!(
+            matches!(d, Step::Done(Verdict::Deny(Rejection::Unavailable(_)))),
+            "{d:?}"
+        );
     }
 }

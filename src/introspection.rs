@@ -9,11 +9,16 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde::Deserialize;
 
+use crate::config_error::{check_fields, ConfigError};
+use crate::endpoint::Endpoint;
+use crate::host::Callout;
 use crate::principal::{Principal, PrincipalKind, ScopeClaim};
 use crate::rejection::Rejection;
+use crate::secret::Secret;
 
 /// Introspection settings (`introspection` in the plugin configuration).
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionConfig {
     /// Envoy cluster of the identity service. Required.
@@ -25,8 +30,8 @@ pub struct IntrospectionConfig {
     pub path: String,
     /// HTTP Basic client id (the API resource name). Required.
     pub client_id: String,
-    /// HTTP Basic client secret. Required; never logged.
-    pub client_secret: String,
+    /// HTTP Basic client secret. Required; never logged, never in an error.
+    pub client_secret: Secret,
     /// Callout timeout in milliseconds. Default 1000; 50 to 10000.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -68,82 +73,74 @@ fn default_max_response_bytes() -> usize {
 }
 
 impl IntrospectionConfig {
-    /// Checks ranges; names the field.
-    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
-        use crate::config::ConfigError;
-        let field = |name: &str| format!("introspection.{name}");
-        let checks: [(&str, bool, &str); 9] = [
-            ("cluster", !self.cluster.is_empty(), "must name an Envoy cluster"),
-            ("authority", !self.authority.is_empty(), "must not be empty"),
-            ("path", self.path.starts_with('/'), "must start with `/`"),
-            ("client_id", !self.client_id.is_empty(), "must not be empty"),
-            ("client_secret", !self.client_secret.is_empty(), "must not be empty"),
-            (
-                "timeout_ms",
-                (50..=10_000).contains(&self.timeout_ms),
-                "must be between 50 and 10000",
-            ),
-            (
-                "cache_max_ttl_seconds",
-                self.cache_max_ttl_seconds <= 300,
-                "must be at most 300 (0: ask on every request)",
-            ),
-            (
-                "negative_cache_ttl_seconds",
-                self.negative_cache_ttl_seconds <= 60,
-                "must be at most 60",
-            ),
-            (
-                "cache_max_entries",
-                (16..=1_000_000).contains(&self.cache_max_entries),
-                "must be between 16 and 1000000",
-            ),
-        ];
-        for (name, ok, problem) in checks {
-            if !ok {
-                return Err(ConfigError::new(field(name), problem));
-            }
+    /// Where the callout goes.
+    pub fn endpoint(&self) -> Endpoint<'_> {
+        Endpoint {
+            cluster: &self.cluster,
+            authority: &self.authority,
+            path: &self.path,
+            timeout_ms: self.timeout_ms,
         }
-        if !(256..=1 << 20).contains(&self.max_response_bytes) {
-            return Err(ConfigError::new(
-                field("max_response_bytes"),
-                "must be between 256 and 1048576",
-            ));
-        }
-        Ok(())
     }
 
-    /// The callout: pseudo-headers and headers, and the form body.
-    pub fn callout(&self, token: &str) -> Callout {
-        let credentials = format!("{}:{}", form_escape(&self.client_id), form_escape(&self.client_secret));
+    /// Checks ranges; names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.endpoint().validate("introspection", (50, 10_000))?;
+        check_fields(
+            "introspection",
+            &[
+                ("client_id", !self.client_id.is_empty(), "must not be empty"),
+                ("client_secret", !self.client_secret.is_empty(), "must not be empty"),
+                (
+                    "cache_max_ttl_seconds",
+                    self.cache_max_ttl_seconds <= 300,
+                    "must be at most 300 (0: ask on every request)",
+                ),
+                (
+                    "negative_cache_ttl_seconds",
+                    self.negative_cache_ttl_seconds <= 60,
+                    "must be at most 60",
+                ),
+                (
+                    "cache_max_entries",
+                    (16..=1_000_000).contains(&self.cache_max_entries),
+                    "must be between 16 and 1000000",
+                ),
+                (
+                    "max_response_bytes",
+                    (256..=1 << 20).contains(&self.max_response_bytes),
+                    "must be between 256 and 1048576",
+                ),
+            ],
+        )
+    }
+
+    /// The callout: a form POST with HTTP Basic client authentication.
+    pub fn callout(&self, token: &Secret) -> Callout {
+        let credentials = format!(
+            "{}:{}",
+            form_escape(&self.client_id),
+            form_escape(self.client_secret.expose())
+        );
         let body = form_urlencoded::Serializer::new(String::new())
-            .append_pair("token", token)
+            .append_pair("token", token.expose())
             .append_pair("token_type_hint", "access_token")
             .finish();
-        Callout {
-            headers: vec![
-                (":method", "POST".into()),
-                (":path", self.path.clone()),
-                (":authority", self.authority.clone()),
+        self.endpoint().callout(
+            "POST",
+            vec![
                 ("content-type", "application/x-www-form-urlencoded".into()),
                 ("accept", "application/json".into()),
                 ("authorization", format!("Basic {}", STANDARD.encode(credentials))),
             ],
-            body: body.into_bytes(),
-        }
+            body.into_bytes(),
+        )
     }
 }
 
 /// RFC 6749 §2.3.1: client id and secret are form-encoded before Basic.
 fn form_escape(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes()).collect()
-}
-
-/// An HTTP callout ready for the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Callout {
-    pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
 }
 
 /// What the identity service said about a token.
@@ -228,7 +225,7 @@ mod tests {
 
     #[test]
     fn callout_is_a_form_post_with_basic_auth() {
-        let callout = config().callout("enrt_AB+/=");
+        let callout = config().callout(&Secret::new("enrt_AB+/="));
         let header = |name: &str| callout.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
         assert_eq!(header(":method").as_deref(), Some("POST"));
         assert_eq!(header(":path").as_deref(), Some("/id/connect/introspect"));

@@ -14,6 +14,7 @@ use rsa::traits::PublicKeyParts;
 use rsa::{BigUint, RsaPublicKey};
 use serde::Deserialize;
 
+use crate::algorithm::Algorithm;
 use crate::rs256::PreparedKey;
 
 /// Smallest RSA modulus accepted, in bits (RFC 7518 §3.3).
@@ -27,7 +28,7 @@ pub struct VerificationKey {
     pub kid: String,
     /// The one algorithm this key verifies: the JWK's `alg`, or `RS256` when
     /// the JWK does not name one.
-    pub algorithm: String,
+    pub algorithm: Algorithm,
     pub key: RsaPublicKey,
     /// The same key prepared for the fast RS256 path (exponent 65537).
     pub fast: Option<PreparedKey>,
@@ -48,7 +49,70 @@ impl fmt::Debug for VerificationKey {
 pub struct SkippedKey {
     /// The key's `kid`, or its position when it has none.
     pub key: String,
-    pub reason: String,
+    pub reason: KeyProblem,
+}
+
+/// What is wrong with one key of a JWKS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyProblem {
+    /// Not a JSON object with the JWK fields' types.
+    Malformed,
+    NoKty,
+    /// A key type the verifier does not use (`EC`, `oct`, ...).
+    UnsupportedKty(String),
+    /// `use` other than `sig`.
+    NotForSigning(String),
+    NoKid,
+    /// `alg` not on the configured allow-list.
+    AlgorithmNotAllowed(String),
+    /// `n` or `e` missing.
+    Missing(&'static str),
+    /// `n` or `e` not base64url.
+    NotBase64(&'static str),
+    /// Modulus size outside 2048..=4096 bits.
+    Size(usize),
+    /// The `rsa` crate refused the key.
+    InvalidRsa,
+    /// Another key already has this `kid`.
+    DuplicateKid,
+}
+
+impl fmt::Display for KeyProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Malformed => f.write_str("malformed JWK"),
+            Self::NoKty => f.write_str("no kty"),
+            Self::UnsupportedKty(kty) => write!(f, "kty `{kty}` is not supported"),
+            Self::NotForSigning(u) => write!(f, "use `{u}` is not `sig`"),
+            Self::NoKid => f.write_str("no kid"),
+            Self::AlgorithmNotAllowed(alg) => write!(f, "alg `{alg}` is not allowed"),
+            Self::Missing(name) => write!(f, "no `{name}`"),
+            Self::NotBase64(name) => write!(f, "`{name}` is not base64url"),
+            Self::Size(bits) if *bits < MIN_RSA_BITS => {
+                write!(f, "{bits}-bit modulus is shorter than {MIN_RSA_BITS} bits")
+            }
+            Self::Size(bits) => write!(f, "{bits}-bit modulus is longer than {MAX_RSA_BITS} bits"),
+            Self::InvalidRsa => f.write_str("invalid RSA key"),
+            Self::DuplicateKid => f.write_str("duplicate kid"),
+        }
+    }
+}
+
+/// Why a document is not a JWKS at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksError {
+    NotJson,
+    /// JSON, but not `{"keys": [...]}`.
+    NotAJwks,
+}
+
+impl fmt::Display for JwksError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotJson => f.write_str("not JSON"),
+            Self::NotAJwks => f.write_str("not a JWKS (expected {\"keys\": [...]})"),
+        }
+    }
 }
 
 /// The usable keys of a JWKS, by `kid`.
@@ -78,15 +142,14 @@ struct Jwk {
 impl KeySet {
     /// Parses a JWKS document. Fails only when the document itself is not a
     /// JWKS; unusable keys are skipped and listed in [`KeySet::skipped`].
-    pub fn from_json(bytes: &[u8], allowed_algorithms: &[String]) -> Result<Self, String> {
-        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    pub fn from_json(bytes: &[u8], allowed_algorithms: &[Algorithm]) -> Result<Self, JwksError> {
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| JwksError::NotJson)?;
         Self::from_value(&value, allowed_algorithms)
     }
 
     /// Like [`KeySet::from_json`], from an already parsed value.
-    pub fn from_value(value: &serde_json::Value, allowed_algorithms: &[String]) -> Result<Self, String> {
-        let doc =
-            JwksDocument::deserialize(value).map_err(|e| format!("not a JWKS (expected {{\"keys\": [...]}}): {e}"))?;
+    pub fn from_value(value: &serde_json::Value, allowed_algorithms: &[Algorithm]) -> Result<Self, JwksError> {
+        let doc = JwksDocument::deserialize(value).map_err(|_| JwksError::NotAJwks)?;
         let mut set = KeySet::default();
         for (i, raw) in doc.keys.iter().enumerate() {
             let label = raw
@@ -96,7 +159,7 @@ impl KeySet {
             match parse_key(raw, allowed_algorithms) {
                 Ok(key) if set.keys.contains_key(&key.kid) => set.skipped.push(SkippedKey {
                     key: label,
-                    reason: "duplicate kid".into(),
+                    reason: KeyProblem::DuplicateKid,
                 }),
                 Ok(key) => {
                     set.keys.insert(key.kid.clone(), key);
@@ -157,36 +220,39 @@ impl KeySet {
     }
 }
 
-fn parse_key(raw: &serde_json::Value, allowed_algorithms: &[String]) -> Result<VerificationKey, String> {
-    let jwk = Jwk::deserialize(raw).map_err(|e| format!("malformed JWK: {e}"))?;
+fn parse_key(raw: &serde_json::Value, allowed_algorithms: &[Algorithm]) -> Result<VerificationKey, KeyProblem> {
+    let jwk = Jwk::deserialize(raw).map_err(|_| KeyProblem::Malformed)?;
     match jwk.kty.as_deref() {
         Some("RSA") => {}
-        Some(other) => return Err(format!("kty `{other}` is not supported")),
-        None => return Err("no kty".into()),
+        Some(other) => return Err(KeyProblem::UnsupportedKty(other.to_owned())),
+        None => return Err(KeyProblem::NoKty),
     }
-    if let Some(use_) = jwk.use_.as_deref() {
+    if let Some(use_) = jwk.use_ {
         if use_ != "sig" {
-            return Err(format!("use `{use_}` is not `sig`"));
+            return Err(KeyProblem::NotForSigning(use_));
         }
     }
-    let kid = jwk.kid.filter(|k| !k.is_empty()).ok_or("no kid")?;
-    let algorithm = jwk.alg.unwrap_or_else(|| "RS256".into());
+    let kid = jwk.kid.filter(|k| !k.is_empty()).ok_or(KeyProblem::NoKid)?;
+    let algorithm = match jwk.alg {
+        // RFC 8725 §3.1: a key without `alg` is bound to what ERP.net signs.
+        None => Algorithm::Rs256,
+        Some(name) => Algorithm::parse(&name)
+            .filter(|a| allowed_algorithms.contains(a))
+            .ok_or(KeyProblem::AlgorithmNotAllowed(name))?,
+    };
     if !allowed_algorithms.contains(&algorithm) {
-        return Err(format!("alg `{algorithm}` is not allowed"));
+        return Err(KeyProblem::AlgorithmNotAllowed(algorithm.as_str().to_owned()));
     }
     let n = decode_uint(jwk.n.as_deref(), "n")?;
     let e = decode_uint(jwk.e.as_deref(), "e")?;
     let bits = n.bits();
-    if bits < MIN_RSA_BITS {
-        return Err(format!("{bits}-bit modulus is shorter than {MIN_RSA_BITS} bits"));
+    if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
+        return Err(KeyProblem::Size(bits));
     }
-    if bits > MAX_RSA_BITS {
-        return Err(format!("{bits}-bit modulus is longer than {MAX_RSA_BITS} bits"));
-    }
-    let fast = (algorithm == "RS256")
+    let fast = (algorithm == Algorithm::Rs256)
         .then(|| PreparedKey::new(&n.to_bytes_be(), &e.to_bytes_be()))
         .flatten();
-    let key = RsaPublicKey::new(n, e).map_err(|e| format!("invalid RSA key: {e}"))?;
+    let key = RsaPublicKey::new(n, e).map_err(|_| KeyProblem::InvalidRsa)?;
     Ok(VerificationKey {
         kid,
         algorithm,
@@ -195,11 +261,11 @@ fn parse_key(raw: &serde_json::Value, allowed_algorithms: &[String]) -> Result<V
     })
 }
 
-fn decode_uint(field: Option<&str>, name: &str) -> Result<BigUint, String> {
-    let text = field.ok_or_else(|| format!("no `{name}`"))?;
+fn decode_uint(field: Option<&str>, name: &'static str) -> Result<BigUint, KeyProblem> {
+    let text = field.ok_or(KeyProblem::Missing(name))?;
     let bytes = URL_SAFE_NO_PAD
         .decode(text.trim_end_matches('='))
-        .map_err(|_| format!("`{name}` is not base64url"))?;
+        .map_err(|_| KeyProblem::NotBase64(name))?;
     Ok(BigUint::from_bytes_be(&bytes))
 }
 
@@ -209,15 +275,15 @@ mod tests {
     use crate::testkit;
     use serde_json::json;
 
-    fn rs256() -> Vec<String> {
-        vec!["RS256".into()]
+    fn rs256() -> Vec<Algorithm> {
+        vec![Algorithm::Rs256]
     }
 
     #[test]
     fn good_key_is_taken_by_kid() {
         let set = KeySet::from_value(&testkit::jwks(), &rs256()).unwrap();
         assert_eq!(set.kids(), [testkit::KID]);
-        assert_eq!(set.get(testkit::KID).unwrap().algorithm, "RS256");
+        assert_eq!(set.get(testkit::KID).unwrap().algorithm, Algorithm::Rs256);
         assert!(set.get("other").is_none());
     }
 
@@ -237,18 +303,23 @@ mod tests {
         ]});
         let set = KeySet::from_value(&doc, &rs256()).unwrap();
         assert_eq!(set.kids(), [testkit::KID]);
-        let reasons: Vec<_> = set
-            .skipped()
-            .iter()
-            .map(|s| (s.key.as_str(), s.reason.as_str()))
-            .collect();
-        assert_eq!(reasons.len(), 7, "{reasons:?}");
-        assert!(reasons[0].1.contains("kty `EC`"));
-        assert!(reasons[1].1.contains("use `enc`"));
-        assert!(reasons[2].1.contains("1024-bit"));
-        assert!(reasons[3].1.contains("HS256"));
-        assert_eq!(reasons[4].1, "no kid");
-        assert!(reasons[5].1.contains("base64url"));
+        let reasons: Vec<_> = set.skipped().iter().map(|s| s.reason.clone()).collect();
+        assert_eq!(
+            reasons,
+            [
+                KeyProblem::UnsupportedKty("EC".into()),
+                KeyProblem::NotForSigning("enc".into()),
+                KeyProblem::Size(1024),
+                KeyProblem::AlgorithmNotAllowed("HS256".into()),
+                KeyProblem::NoKid,
+                KeyProblem::NotBase64("n"),
+                KeyProblem::Malformed,
+            ]
+        );
+        assert_eq!(
+            set.skipped()[2].reason.to_string(),
+            "1024-bit modulus is shorter than 2048 bits"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use jwt_compact::{AlgorithmExt, Claims, ParseError, UntrustedToken, ValidationEr
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::algorithm::Algorithm;
 use crate::jwks::KeySet;
 use crate::principal::{Principal, PrincipalKind, ScopeClaim};
 use crate::rejection::Rejection;
@@ -19,30 +20,86 @@ use crate::rejection::Rejection;
 pub struct ClaimRules<'a> {
     pub issuers: &'a [String],
     pub audiences: &'a [String],
-    pub algorithms: &'a [String],
+    pub algorithms: &'a [Algorithm],
     pub clock_skew_seconds: u64,
     pub require_at_jwt_typ: bool,
 }
 
-/// Why a JWT was not accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a JWT was not accepted: one variant per check, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum JwtError {
+    /// Not three dot-separated parts.
+    NotAJwt,
+    /// A part is not base64url.
+    NotBase64,
+    /// The JOSE header is not the JSON object it must be.
+    MalformedHeader,
+    /// `alg` is not on the configured allow-list (`none` and HMAC never are).
+    AlgorithmNotAllowed,
+    /// The header has `crit` (RFC 7515 §4.1.11): nothing here understands it.
+    CriticalHeader,
+    /// `typ` is not `at+jwt` while RFC 9068 typing is required.
+    NotAnAccessToken,
+    /// No `kid` in the header.
+    NoKid,
     /// The token names a `kid` that is not in the key set. Kept apart from
     /// other failures: it may mean the issuer rotated its keys.
     UnknownKey,
     /// No signing keys at all yet (remote keys not fetched): the token may
     /// be fine, so this is 503, not 401.
     NoKeys,
-    /// Any other failure; the text is safe to send to the client.
-    Invalid(&'static str),
+    /// `alg` is allowed but is not the one algorithm the key is bound to.
+    KeyAlgorithmMismatch,
+    /// The signature does not verify.
+    BadSignature,
+    /// The claims are not the JSON object they must be.
+    MalformedClaims,
+    /// No `exp` claim.
+    NoExpiry,
+    /// `exp` is past, beyond the clock skew.
+    Expired,
+    /// `nbf` is ahead, beyond the clock skew.
+    NotYetValid,
+    /// `iss` is missing or not listed.
+    IssuerNotAccepted,
+    /// No `aud` value is listed.
+    AudienceNotAccepted,
+    /// A claim holds characters a header cannot carry (refused, not cut).
+    UnsafeClaim,
+}
+
+impl JwtError {
+    /// What the client is told (fixed text; nothing from the token).
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::NotAJwt => "the token is not a JWT",
+            Self::NotBase64 => "the token is not base64url",
+            Self::MalformedHeader => "the token header is malformed",
+            Self::AlgorithmNotAllowed => "the token's algorithm is not allowed",
+            Self::CriticalHeader => "the token has critical header parameters",
+            Self::NotAnAccessToken => "the token is not an access token (typ is not at+jwt)",
+            Self::NoKid => "the token has no kid",
+            Self::UnknownKey => "the token's signing key is not known",
+            Self::NoKeys => "the signing keys are not available yet; retry later",
+            Self::KeyAlgorithmMismatch => "the token's algorithm does not match its key",
+            Self::BadSignature => "the token's signature is invalid",
+            Self::MalformedClaims => "the token's claims are malformed",
+            Self::NoExpiry => "the token has no exp",
+            Self::Expired => "the token has expired",
+            Self::NotYetValid => "the token is not valid yet",
+            Self::IssuerNotAccepted => "the token's issuer is not accepted",
+            Self::AudienceNotAccepted => "the token's audience is not accepted",
+            Self::UnsafeClaim => "a claim holds characters a header cannot carry",
+        }
+    }
 }
 
 impl From<JwtError> for Rejection {
     fn from(e: JwtError) -> Self {
         match e {
-            JwtError::UnknownKey => Rejection::InvalidToken("the token's signing key is not known"),
-            JwtError::NoKeys => Rejection::Unavailable("the signing keys are not available yet; retry later"),
-            JwtError::Invalid(reason) => Rejection::InvalidToken(reason),
+            JwtError::NoKeys => Rejection::Unavailable(e.description()),
+            _ => Rejection::InvalidToken(e.description()),
         }
     }
 }
@@ -82,16 +139,15 @@ impl Audience {
     }
 }
 
-fn rsa_algorithm(name: &str) -> Option<Rsa> {
-    Some(match name {
-        "RS256" => Rsa::rs256(),
-        "RS384" => Rsa::rs384(),
-        "RS512" => Rsa::rs512(),
-        "PS256" => Rsa::ps256(),
-        "PS384" => Rsa::ps384(),
-        "PS512" => Rsa::ps512(),
-        _ => return None,
-    })
+fn rsa_algorithm(algorithm: Algorithm) -> Rsa {
+    match algorithm {
+        Algorithm::Rs256 => Rsa::rs256(),
+        Algorithm::Rs384 => Rsa::rs384(),
+        Algorithm::Rs512 => Rsa::rs512(),
+        Algorithm::Ps256 => Rsa::ps256(),
+        Algorithm::Ps384 => Rsa::ps384(),
+        Algorithm::Ps512 => Rsa::ps512(),
+    }
 }
 
 /// SHA-256 of the JWS signing input (`header.payload`): the key of the
@@ -116,74 +172,72 @@ pub fn verify_with_digest(
     rules: &ClaimRules<'_>,
     now: u64,
 ) -> Result<Principal, JwtError> {
-    let invalid = JwtError::Invalid;
     let untrusted = UntrustedToken::<ExtraHeader>::try_from(token).map_err(|e| match e {
-        ParseError::InvalidTokenStructure => invalid("the token is not a JWT"),
-        ParseError::InvalidBase64Encoding => invalid("the token is not base64url"),
-        _ => invalid("the token header is malformed"),
+        ParseError::InvalidTokenStructure => JwtError::NotAJwt,
+        ParseError::InvalidBase64Encoding => JwtError::NotBase64,
+        _ => JwtError::MalformedHeader,
     })?;
-    let alg = untrusted.algorithm();
-    if !rules.algorithms.iter().any(|a| a == alg) {
-        return Err(invalid("the token's algorithm is not allowed"));
-    }
+    let alg = Algorithm::parse(untrusted.algorithm())
+        .filter(|a| rules.algorithms.contains(a))
+        .ok_or(JwtError::AlgorithmNotAllowed)?;
     let header = untrusted.header();
     if header.other_fields.crit.is_some() {
-        return Err(invalid("the token has critical header parameters"));
+        return Err(JwtError::CriticalHeader);
     }
     if rules.require_at_jwt_typ {
         let typ = header.token_type.as_deref().unwrap_or_default();
         if !typ.eq_ignore_ascii_case("at+jwt") && !typ.eq_ignore_ascii_case("application/at+jwt") {
-            return Err(invalid("the token is not an access token (typ is not at+jwt)"));
+            return Err(JwtError::NotAnAccessToken);
         }
     }
-    let kid = header.key_id.as_deref().ok_or(invalid("the token has no kid"))?;
+    let kid = header.key_id.as_deref().ok_or(JwtError::NoKid)?;
+    if keys.is_empty() {
+        return Err(JwtError::NoKeys);
+    }
     let key = keys.get(kid).ok_or(JwtError::UnknownKey)?;
     if key.algorithm != alg {
-        return Err(invalid("the token's algorithm does not match its key"));
+        return Err(JwtError::KeyAlgorithmMismatch);
     }
     let claims: Claims<AccessTokenClaims> = match (&key.fast, alg) {
         // The fast path: the digest is the one the caller already has; the
         // algorithm was checked against the allow-list and the key above.
-        (Some(fast), "RS256") => {
+        (Some(fast), Algorithm::Rs256) => {
             if !fast.verify_digest(digest, untrusted.signature_bytes()) {
-                return Err(invalid("the token's signature is invalid"));
+                return Err(JwtError::BadSignature);
             }
             untrusted
                 .deserialize_claims_unchecked()
-                .map_err(|_| invalid("the token's claims are malformed"))?
+                .map_err(|_| JwtError::MalformedClaims)?
         }
         _ => {
-            let algorithm = rsa_algorithm(alg).ok_or(invalid("the token's algorithm is not allowed"))?;
-            let token = algorithm
+            let token = rsa_algorithm(alg)
                 .validator::<AccessTokenClaims>(&key.key)
                 .validate(&untrusted)
                 .map_err(|e| match e {
-                    ValidationError::MalformedClaims(_) => invalid("the token's claims are malformed"),
-                    ValidationError::AlgorithmMismatch { .. } => {
-                        invalid("the token's algorithm does not match its key")
-                    }
-                    _ => invalid("the token's signature is invalid"),
+                    ValidationError::MalformedClaims(_) => JwtError::MalformedClaims,
+                    ValidationError::AlgorithmMismatch { .. } => JwtError::KeyAlgorithmMismatch,
+                    _ => JwtError::BadSignature,
                 })?;
             token.into_parts().1
         }
     };
     let now = i64::try_from(now).unwrap_or(i64::MAX);
     let skew = i64::try_from(rules.clock_skew_seconds).unwrap_or(0);
-    let exp = claims.expiration.ok_or(invalid("the token has no exp"))?.timestamp();
+    let exp = claims.expiration.ok_or(JwtError::NoExpiry)?.timestamp();
     if now > exp.saturating_add(skew) {
-        return Err(invalid("the token has expired"));
+        return Err(JwtError::Expired);
     }
     if let Some(nbf) = claims.not_before {
         if nbf.timestamp() > now.saturating_add(skew) {
-            return Err(invalid("the token is not valid yet"));
+            return Err(JwtError::NotYetValid);
         }
     }
     let custom = &claims.custom;
     if !custom.iss.as_ref().is_some_and(|iss| rules.issuers.contains(iss)) {
-        return Err(invalid("the token's issuer is not accepted"));
+        return Err(JwtError::IssuerNotAccepted);
     }
     if !custom.aud.as_ref().is_some_and(|aud| aud.any_in(rules.audiences)) {
-        return Err(invalid("the token's audience is not accepted"));
+        return Err(JwtError::AudienceNotAccepted);
     }
     let custom = claims.custom;
     Ok(Principal {
@@ -208,10 +262,10 @@ mod tests {
         verify(token, &config.inline_keys, &testkit::rules(&config), NOW)
     }
 
-    fn invalid(token: &str) -> &'static str {
+    fn invalid(token: &str) -> JwtError {
         match verify_with(token) {
-            Err(JwtError::Invalid(reason)) => reason,
-            other => panic!("expected Invalid, got {other:?}"),
+            Err(e) => e,
+            Ok(p) => panic!("expected a failure, got {p:?}"),
         }
     }
 
@@ -228,7 +282,7 @@ mod tests {
     #[test]
     fn expired_token_is_rejected() {
         let t = testkit::token_with(|_, c| c["exp"] = json!(NOW - 61));
-        assert_eq!(invalid(&t), "the token has expired");
+        assert_eq!(invalid(&t), JwtError::Expired);
         let within_skew = testkit::token_with(|_, c| c["exp"] = json!(NOW - 59));
         assert!(verify_with(&within_skew).is_ok());
     }
@@ -238,13 +292,13 @@ mod tests {
         let t = testkit::token_with(|_, c| {
             c.as_object_mut().unwrap().remove("exp");
         });
-        assert_eq!(invalid(&t), "the token has no exp");
+        assert_eq!(invalid(&t), JwtError::NoExpiry);
     }
 
     #[test]
     fn future_nbf_beyond_skew_is_rejected() {
         let t = testkit::token_with(|_, c| c["nbf"] = json!(NOW + 61));
-        assert_eq!(invalid(&t), "the token is not valid yet");
+        assert_eq!(invalid(&t), JwtError::NotYetValid);
         let within_skew = testkit::token_with(|_, c| c["nbf"] = json!(NOW + 59));
         assert!(verify_with(&within_skew).is_ok());
     }
@@ -252,19 +306,15 @@ mod tests {
     #[test]
     fn wrong_issuer_is_rejected() {
         let t = testkit::token_with(|_, c| c["iss"] = json!("https://evil.example/id"));
-        assert_eq!(invalid(&t), "the token's issuer is not accepted");
+        assert_eq!(invalid(&t), JwtError::IssuerNotAccepted);
     }
 
     #[test]
     fn wrong_audience_is_rejected() {
         let t = testkit::token_with(|_, c| c["aud"] = json!(["TableAPI"]));
-        assert_eq!(invalid(&t), "the token's audience is not accepted");
+        assert_eq!(invalid(&t), JwtError::AudienceNotAccepted);
         let t = testkit::token_with(|_, c| c["aud"] = json!("DomainApi"));
-        assert_eq!(
-            invalid(&t),
-            "the token's audience is not accepted",
-            "audiences compare exactly"
-        );
+        assert_eq!(invalid(&t), JwtError::AudienceNotAccepted, "audiences compare exactly");
     }
 
     #[test]
@@ -282,25 +332,25 @@ mod tests {
     #[test]
     fn signature_of_another_key_is_rejected() {
         let t = testkit::token_signed_by_other_key();
-        assert_eq!(invalid(&t), "the token's signature is invalid");
+        assert_eq!(invalid(&t), JwtError::BadSignature);
     }
 
     #[test]
     fn flipped_signature_byte_is_rejected() {
         let t = testkit::flip_signature_byte(&testkit::token(&["read"]));
-        assert_eq!(invalid(&t), "the token's signature is invalid");
+        assert_eq!(invalid(&t), JwtError::BadSignature);
     }
 
     #[test]
     fn alg_none_is_rejected() {
         let t = testkit::unsigned_token();
-        assert_eq!(invalid(&t), "the token's algorithm is not allowed");
+        assert_eq!(invalid(&t), JwtError::AlgorithmNotAllowed);
     }
 
     #[test]
     fn hs256_with_the_public_key_as_secret_is_rejected() {
         let t = testkit::hs256_token_with_public_key();
-        assert_eq!(invalid(&t), "the token's algorithm is not allowed");
+        assert_eq!(invalid(&t), JwtError::AlgorithmNotAllowed);
     }
 
     #[test]
@@ -309,7 +359,7 @@ mod tests {
         let t = testkit::token_with(|h, _| h["alg"] = json!("RS512"));
         assert_eq!(
             verify(&t, &config.inline_keys, &testkit::rules(&config), NOW),
-            Err(JwtError::Invalid("the token's algorithm does not match its key"))
+            Err(JwtError::KeyAlgorithmMismatch)
         );
     }
 
@@ -324,13 +374,13 @@ mod tests {
         let t = testkit::token_with(|h, _| {
             h.as_object_mut().unwrap().remove("kid");
         });
-        assert_eq!(invalid(&t), "the token has no kid");
+        assert_eq!(invalid(&t), JwtError::NoKid);
     }
 
     #[test]
     fn typ_must_be_at_jwt_when_required() {
         let t = testkit::token_with(|h, _| h["typ"] = json!("JWT"));
-        assert_eq!(invalid(&t), "the token is not an access token (typ is not at+jwt)");
+        assert_eq!(invalid(&t), JwtError::NotAnAccessToken);
         let t = testkit::token_with(|h, _| h["typ"] = json!("application/at+jwt"));
         assert!(verify_with(&t).is_ok());
         let config = testkit::config_from(|d| d["require_at_jwt_typ"] = json!(false));
@@ -341,13 +391,22 @@ mod tests {
     #[test]
     fn crit_header_is_rejected() {
         let t = testkit::token_with(|h, _| h["crit"] = json!(["exp"]));
-        assert_eq!(invalid(&t), "the token has critical header parameters");
+        assert_eq!(invalid(&t), JwtError::CriticalHeader);
     }
 
     #[test]
     fn garbage_is_rejected() {
-        for t in ["garbage", "a.b", "a.b.c", "eyJ.eyJ.sig", "....", "e30.e30.e30"] {
-            assert!(matches!(verify_with(t), Err(JwtError::Invalid(_))), "{t}");
+        let cases = [
+            ("garbage", JwtError::NotAJwt),
+            ("a.b", JwtError::NotAJwt),
+            ("a.b.c", JwtError::NotBase64),
+            ("eyJ.eyJ.sig", JwtError::NotBase64),
+            ("....", JwtError::NotAJwt),
+            ("e30.e30.e30", JwtError::MalformedHeader),
+            ("e30.e30.***", JwtError::NotBase64),
+        ];
+        for (t, expected) in cases {
+            assert_eq!(verify_with(t), Err(expected), "{t}");
         }
     }
 
@@ -370,6 +429,6 @@ mod tests {
     #[test]
     fn malformed_claims_are_rejected() {
         let t = testkit::token_with(|_, c| c["exp"] = json!("tomorrow"));
-        assert_eq!(invalid(&t), "the token's claims are malformed");
+        assert_eq!(invalid(&t), JwtError::MalformedClaims);
     }
 }

@@ -8,15 +8,19 @@
 //! last good set and retries with backoff. A token with an unknown `kid` may
 //! force an early fetch, at most once per cooldown.
 
+use std::fmt;
+
 use serde::Deserialize;
 
-use crate::cache::SharedStore;
-use crate::config::ConfigError;
-use crate::introspection::Callout;
-use crate::jwks::KeySet;
+use crate::algorithm::Algorithm;
+use crate::config_error::{check_fields, ConfigError};
+use crate::endpoint::Endpoint;
+use crate::host::{Callout, SharedStore};
+use crate::jwks::{JwksError, KeySet};
 
 /// `remote_jwks` in the plugin configuration.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct RemoteJwksConfig {
     /// Envoy cluster of the identity service. Required.
@@ -59,72 +63,93 @@ fn default_max_bytes() -> usize {
 /// First retry after a failed fetch; doubles up to the refresh period.
 pub const FIRST_BACKOFF_MS: u64 = 1000;
 
+/// How long past its timeout a claimed fetch (or callout) is still waited
+/// for before another worker may take over: the host reports a timed-out
+/// call a little after the timeout itself.
+pub const CLAIM_SLACK_MS: u64 = 500;
+
 impl RemoteJwksConfig {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let field = |name: &str| format!("remote_jwks.{name}");
-        let checks: [(&str, bool, &str); 7] = [
-            ("cluster", !self.cluster.is_empty(), "must name an Envoy cluster"),
-            ("authority", !self.authority.is_empty(), "must not be empty"),
-            ("path", self.path.starts_with('/'), "must start with `/`"),
-            (
-                "refresh_seconds",
-                (1..=86_400).contains(&self.refresh_seconds),
-                "must be between 1 and 86400",
-            ),
-            (
-                "timeout_ms",
-                (100..=30_000).contains(&self.timeout_ms),
-                "must be between 100 and 30000",
-            ),
-            (
-                "unknown_kid_cooldown_seconds",
-                self.unknown_kid_cooldown_seconds <= 3600,
-                "must be at most 3600",
-            ),
-            (
-                "max_bytes",
-                (1024..=1 << 20).contains(&self.max_bytes),
-                "must be between 1024 and 1048576",
-            ),
-        ];
-        for (name, ok, problem) in checks {
-            if !ok {
-                return Err(ConfigError::new(field(name), problem));
-            }
+    /// Where the fetch goes.
+    pub fn endpoint(&self) -> Endpoint<'_> {
+        Endpoint {
+            cluster: &self.cluster,
+            authority: &self.authority,
+            path: &self.path,
+            timeout_ms: self.timeout_ms,
         }
-        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.endpoint().validate("remote_jwks", (100, 30_000))?;
+        check_fields(
+            "remote_jwks",
+            &[
+                (
+                    "refresh_seconds",
+                    (1..=86_400).contains(&self.refresh_seconds),
+                    "must be between 1 and 86400",
+                ),
+                (
+                    "unknown_kid_cooldown_seconds",
+                    self.unknown_kid_cooldown_seconds <= 3600,
+                    "must be at most 3600",
+                ),
+                (
+                    "max_bytes",
+                    (1024..=1 << 20).contains(&self.max_bytes),
+                    "must be between 1024 and 1048576",
+                ),
+            ],
+        )
     }
 
     /// The fetch request.
     pub fn callout(&self) -> Callout {
-        Callout {
-            headers: vec![
-                (":method", "GET".into()),
-                (":path", self.path.clone()),
-                (":authority", self.authority.clone()),
-                ("accept", "application/json".into()),
-            ],
-            body: Vec::new(),
-        }
+        self.endpoint()
+            .callout("GET", vec![("accept", "application/json".into())], Vec::new())
     }
 
     /// Checks a fetched JWKS: status 200, size, a JWKS with a usable key.
-    pub fn read(&self, status: Option<&str>, body: &[u8], algorithms: &[String]) -> Result<KeySet, String> {
+    pub fn read(
+        &self,
+        status: Option<&str>,
+        body: Option<&[u8]>,
+        algorithms: &[Algorithm],
+    ) -> Result<KeySet, FetchError> {
         if status != Some("200") {
-            return Err(format!("status {}", status.unwrap_or("none")));
+            return Err(FetchError::Status(status.map(str::to_owned)));
         }
-        if body.len() > self.max_bytes {
-            return Err(format!(
-                "{} bytes is over the {}-byte limit",
-                body.len(),
-                self.max_bytes
-            ));
-        }
-        let keys = KeySet::from_json(body, algorithms)?;
+        let body = body
+            .filter(|b| b.len() <= self.max_bytes)
+            .ok_or(FetchError::TooLarge(self.max_bytes))?;
+        let keys = KeySet::from_json(body, algorithms).map_err(FetchError::Document)?;
         if keys.is_empty() {
-            return Err(format!("no usable key ({})", keys.skipped_summary()));
+            return Err(FetchError::NoUsableKey(keys.skipped_summary()));
         }
         Ok(keys)
+    }
+}
+
+/// Why a fetched key set was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    /// Not `200` (a failed call answers 503/504).
+    Status(Option<String>),
+    /// The body is over this many bytes.
+    TooLarge(usize),
+    Document(JwksError),
+    /// A JWKS, but every key was skipped (the summary says why).
+    NoUsableKey(String),
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Status(s) => write!(f, "status {}", s.as_deref().unwrap_or("none")),
+            Self::TooLarge(limit) => write!(f, "the body is over the {limit}-byte limit"),
+            Self::Document(e) => e.fmt(f),
+            Self::NoUsableKey(summary) => write!(f, "no usable key ({summary})"),
+        }
     }
 }
 
@@ -135,24 +160,33 @@ pub struct FetchState {
     pub in_flight_until_ms: u64,
     /// No periodic fetch before this time (ms).
     pub next_fetch_ms: u64,
-    /// Failed fetches in a row (for backoff).
+    /// Failed fetches in a row (for backoff); 0 after a good one.
     pub failures: u32,
     /// When an unknown `kid` last forced a fetch (ms).
     pub last_forced_ms: u64,
+    /// Fetches claimed so far: the number of the one in flight (or the last).
+    pub claimed: u64,
+    /// The number of the last completed fetch: a request that arrived when
+    /// fewer had been claimed may trust its result.
+    pub completed: u64,
 }
 
 impl FetchState {
+    const BYTES: usize = 44;
+
     fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(28);
+        let mut v = Vec::with_capacity(Self::BYTES);
         v.extend_from_slice(&self.in_flight_until_ms.to_be_bytes());
         v.extend_from_slice(&self.next_fetch_ms.to_be_bytes());
         v.extend_from_slice(&self.failures.to_be_bytes());
         v.extend_from_slice(&self.last_forced_ms.to_be_bytes());
+        v.extend_from_slice(&self.claimed.to_be_bytes());
+        v.extend_from_slice(&self.completed.to_be_bytes());
         v
     }
 
     fn decode(v: &[u8]) -> Option<Self> {
-        if v.len() != 28 {
+        if v.len() != Self::BYTES {
             return None;
         }
         let u64_at = |i: usize| v.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
@@ -161,8 +195,22 @@ impl FetchState {
             next_fetch_ms: u64_at(8)?,
             failures: u32::from_be_bytes(v.get(16..20)?.try_into().ok()?),
             last_forced_ms: u64_at(20)?,
+            claimed: u64_at(28)?,
+            completed: u64_at(36)?,
         })
     }
+}
+
+/// What a request waiting for keys may conclude now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyWait {
+    /// A fetch is in flight: keep waiting.
+    InFlight,
+    /// A fetch claimed after the request arrived has completed: decide
+    /// with the published set. `ok` is false when that fetch failed.
+    Fetched { ok: bool },
+    /// Nothing in flight and nothing fetched since the request arrived.
+    Idle,
 }
 
 /// Why a worker fetches.
@@ -205,6 +253,27 @@ impl KeySync {
         self.state(store).0.in_flight_until_ms > now_ms
     }
 
+    /// How many fetches have been claimed: a request waiting for keys
+    /// notes it when it arrives.
+    pub fn claimed(&self, store: &dyn SharedStore) -> u64 {
+        self.state(store).0.claimed
+    }
+
+    /// Where the fetches stand for a request that arrived when `seen`
+    /// fetches had been claimed.
+    pub fn wait_state(&self, store: &dyn SharedStore, seen: u64, now_ms: u64) -> KeyWait {
+        let state = self.state(store).0;
+        if state.in_flight_until_ms > now_ms {
+            KeyWait::InFlight
+        } else if state.completed > seen {
+            KeyWait::Fetched {
+                ok: state.failures == 0,
+            }
+        } else {
+            KeyWait::Idle
+        }
+    }
+
     /// Whether an unknown `kid` may force a fetch now (the cooldown passed).
     pub fn may_force(&self, store: &dyn SharedStore, now_ms: u64) -> bool {
         let state = self.state(store).0;
@@ -228,7 +297,8 @@ impl KeySync {
             Reason::UnknownKid => state.last_forced_ms = now_ms.max(1),
             Reason::Periodic => {}
         }
-        state.in_flight_until_ms = now_ms.saturating_add(self.timeout_ms).saturating_add(500);
+        state.in_flight_until_ms = now_ms.saturating_add(self.timeout_ms).saturating_add(CLAIM_SLACK_MS);
+        state.claimed = state.claimed.wrapping_add(1);
         store.set(&self.state_key, &state.encode(), Some(cas.unwrap_or(0)))
     }
 
@@ -237,6 +307,7 @@ impl KeySync {
     pub fn finish(&self, store: &dyn SharedStore, now_ms: u64, fetched: Option<&[u8]>) {
         let (mut state, _) = self.state(store);
         state.in_flight_until_ms = 0;
+        state.completed = state.claimed;
         match fetched {
             Some(jwks) => {
                 let version = self.published_version(store).saturating_add(1);
@@ -274,7 +345,7 @@ impl KeySync {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::MemoryStore;
+    use crate::host::MemoryStore;
     use crate::testkit;
 
     fn config() -> RemoteJwksConfig {
@@ -358,22 +429,30 @@ mod tests {
     #[test]
     fn a_fetched_set_is_checked_before_it_is_published() {
         let c = config();
-        let algs = vec!["RS256".to_string()];
+        let algs = vec![Algorithm::Rs256];
         let good = testkit::jwks().to_string();
-        assert_eq!(c.read(Some("200"), good.as_bytes(), &algs).unwrap().len(), 1);
-        assert!(c
-            .read(Some("503"), good.as_bytes(), &algs)
-            .unwrap_err()
-            .contains("status 503"));
-        assert!(c.read(Some("200"), b"<html>", &algs).is_err());
-        assert!(c
-            .read(Some("200"), br#"{"keys":[]}"#, &algs)
-            .unwrap_err()
-            .contains("no usable key"));
+        let read = |status, body: &[u8]| c.read(Some(status), Some(body), &algs);
+        assert_eq!(read("200", good.as_bytes()).unwrap().len(), 1);
+        assert_eq!(
+            read("503", good.as_bytes()).unwrap_err(),
+            FetchError::Status(Some("503".into()))
+        );
+        assert_eq!(
+            read("200", b"<html>").unwrap_err(),
+            FetchError::Document(JwksError::NotJson)
+        );
+        assert!(matches!(
+            read("200", br#"{"keys":[]}"#).unwrap_err(),
+            FetchError::NoUsableKey(_)
+        ));
         let padded = format!("{{\"keys\":[],\"x\":\"{}\"}}", "a".repeat(70_000));
-        assert!(c
-            .read(Some("200"), padded.as_bytes(), &algs)
-            .unwrap_err()
-            .contains("over the"));
+        assert_eq!(
+            read("200", padded.as_bytes()).unwrap_err(),
+            FetchError::TooLarge(65_536)
+        );
+        assert_eq!(
+            c.read(Some("200"), None, &algs).unwrap_err(),
+            FetchError::TooLarge(65_536)
+        );
     }
 }

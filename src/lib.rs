@@ -1,27 +1,52 @@
 //! erp-edge-validator: an Envoy proxy-wasm filter that authenticates requests
 //! to ERP.net's Domain API at the edge.
 //!
-//! Everything but [`filter`] is pure Rust with no host calls, so the decision
-//! core builds and tests natively (and, later, in a browser). The module
-//! map follows a request: [`credential`] finds the token, [`policy`] says
-//! what the route needs, [`jwt`] and [`jwks`] verify, [`decision`] ties them
-//! together, [`introspection`] and [`cache`] handle `enrt_` reference tokens,
-//! and [`rejection`] says no on the wire.
+//! Everything but [`filter`](self) (the one module that imports `proxy_wasm`,
+//! built only for wasm32) is pure Rust with no host calls, so the whole core
+//! builds and tests natively. The module map follows a request:
+//!
+//! - `filter`: the host adapter. Reads the request head and the clock, hands
+//!   events to the worker, carries out the effects it returns.
+//! - `worker`: one worker's coordination as a state machine (events in,
+//!   effects out): callouts shared by waiting requests, claims across
+//!   workers, key fetches, ticks.
+//! - [`decision`]: one request's decision: a final `Verdict`, or a `Step`
+//!   that needs an introspection answer or fresh keys.
+//! - `credential` finds the token; `policy` says what the route needs;
+//!   [`jwt`], `jwks`, `rs256` and `monty` verify JWTs; `introspection`
+//!   and `cache` handle `enrt_` reference tokens; `key_refresh` fetches and
+//!   shares signing keys; [`verified`] is a worker's memory of verified
+//!   credentials; `principal` is who a credential speaks for and the
+//!   identity headers; `rejection` says no on the wire; `stats` names the
+//!   counters.
+//! - Leaves: [`config`] and `config_error` (the configuration and how it
+//!   names a wrong field), `algorithm`, `endpoint` (the identity-service
+//!   endpoint fields both callouts use), `host` (the ports: shared data,
+//!   clock reading, callouts), `secret` (redacted secrets, token hashes).
+//!
+//! The public modules are what benchmarks and tools outside the crate use.
 
-pub mod cache;
+mod algorithm;
+mod cache;
 pub mod config;
-pub mod credential;
+mod config_error;
+mod credential;
 pub mod decision;
-pub mod introspection;
-pub mod jwks;
+mod endpoint;
+mod host;
+mod introspection;
+mod jwks;
 pub mod jwt;
-pub mod key_refresh;
-pub mod monty;
-pub mod policy;
-pub mod principal;
-pub mod rejection;
-pub mod rs256;
+mod key_refresh;
+mod monty;
+mod policy;
+mod principal;
+mod rejection;
+mod rs256;
+mod secret;
+mod stats;
 pub mod verified;
+pub mod worker;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

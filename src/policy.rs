@@ -7,11 +7,12 @@
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 use crate::rejection::Rejection;
 
 /// One rule as written in the configuration.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct RouteRule {
     /// Match paths starting with this (e.g. `/api/domain/`).
@@ -37,6 +38,7 @@ pub struct RouteRule {
 
 /// What happens to a request that matches no rule.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(rename_all = "snake_case")]
 pub enum UnmatchedRoutes {
     /// Refuse with 403 (the default: a forgotten rule fails closed).

@@ -3,8 +3,64 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::IdentityHeaders;
 use crate::rejection::Rejection;
+
+/// Names of the headers the filter sets on allowed requests. Copies sent by
+/// the client are removed from every request, allowed or not.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[cfg_attr(test, derive(Serialize))]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityHeaders {
+    /// `client_id` of the token. Default `x-erp-client-id`.
+    pub client_id: String,
+    /// `sub` (the user) when the token has one. Default `x-erp-subject`.
+    pub subject: String,
+    /// Granted scopes, space-separated. Default `x-erp-scopes`.
+    pub scopes: String,
+    /// `client_db` (the ERP.net database). Default `x-erp-client-db`.
+    pub client_db: String,
+    /// `client_system_user`. Default `x-erp-system-user`.
+    pub system_user: String,
+    /// `jwt`, `reference-user` or `reference-service`. Default `x-erp-token-kind`.
+    pub token_kind: String,
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        Self {
+            client_id: "x-erp-client-id".into(),
+            subject: "x-erp-subject".into(),
+            scopes: "x-erp-scopes".into(),
+            client_db: "x-erp-client-db".into(),
+            system_user: "x-erp-system-user".into(),
+            token_kind: "x-erp-token-kind".into(),
+        }
+    }
+}
+
+impl IdentityHeaders {
+    /// The identity headers a client sent itself, by configured name, to be
+    /// removed before anything else happens.
+    pub fn client_copies(&self, headers: &[(&str, &str)]) -> Vec<String> {
+        self.names()
+            .into_iter()
+            .filter(|name| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// All names, in a fixed order.
+    pub fn names(&self) -> [&str; 6] {
+        [
+            &self.client_id,
+            &self.subject,
+            &self.scopes,
+            &self.client_db,
+            &self.system_user,
+            &self.token_kind,
+        ]
+    }
+}
 
 /// How the caller authenticated, as the upstream sees it in `x-erp-token-kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +75,11 @@ pub enum PrincipalKind {
 }
 
 impl PrincipalKind {
+    /// A PAT or SAT, checked by introspection.
+    pub fn is_reference(self) -> bool {
+        self != Self::Jwt
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Jwt => "jwt",

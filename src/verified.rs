@@ -20,8 +20,8 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::cache::TokenHash;
 use crate::principal::Identity;
+use crate::secret::TokenHash;
 
 /// Identities by token hash, each with a check string (a JWT's signature)
 /// and an expiry.
@@ -110,8 +110,8 @@ impl VerifiedCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::hash_token;
     use crate::principal::{Principal, PrincipalKind};
+    use crate::secret::hash_token;
 
     fn principal(exp: u64) -> Rc<Identity> {
         let principal = Principal {

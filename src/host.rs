@@ -1,0 +1,130 @@
+//! The ports through which the pure core meets the host: shared data, the
+//! clock reading, outgoing callouts and their answers. `filter` implements
+//! them with Envoy's host calls; the tests with plain memory.
+
+use std::fmt;
+
+/// The host's shared key-value store (Envoy shared data), visible to every
+/// worker: compare-and-swap versions, no delete, no expiry.
+pub trait SharedStore {
+    /// The value and its CAS version.
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Stores `value` if `cas` still matches (`None`: unconditionally).
+    /// False when the CAS did not match or the store refused.
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
+}
+
+/// One reading of the host clock, taken once per event and passed down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Seconds since the epoch.
+    pub secs: u64,
+    /// Milliseconds since the epoch.
+    pub ms: u64,
+}
+
+impl Now {
+    pub fn from_ms(ms: u64) -> Self {
+        Self { secs: ms / 1000, ms }
+    }
+}
+
+/// An HTTP callout ready for the host. Its headers may carry a client
+/// secret and its body a token: `Debug` shows neither.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Callout {
+    /// Envoy cluster to call.
+    pub cluster: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+    pub timeout_ms: u64,
+}
+
+impl fmt::Debug for Callout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = self
+            .headers
+            .iter()
+            .find(|(n, _)| *n == ":path")
+            .map(|(_, v)| v.as_str());
+        f.debug_struct("Callout")
+            .field("cluster", &self.cluster)
+            .field("path", &path)
+            .field("body_bytes", &self.body.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer to a callout, read lazily: a body over the limit is never
+/// copied into the module.
+pub trait CalloutResponse {
+    /// `:status`, when the host has one (a failed call answers 503/504).
+    fn status(&self) -> Option<String>;
+    /// The body, or `None` when it is larger than `max_bytes`.
+    fn body(&self, max_bytes: usize) -> Option<Vec<u8>>;
+}
+
+/// An in-memory [`SharedStore`] with Envoy's semantics (CAS versions, no
+/// delete), for tests.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    map: std::cell::RefCell<std::collections::HashMap<String, (Vec<u8>, u32)>>,
+}
+
+#[cfg(test)]
+impl MemoryStore {
+    /// Number of keys ever written (shared data never shrinks).
+    pub fn len(&self) -> usize {
+        self.map.borrow().len()
+    }
+
+    /// Every key and value, for tests that look for leaks.
+    pub fn entries(&self) -> Vec<(String, Vec<u8>)> {
+        self.map
+            .borrow()
+            .iter()
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+impl SharedStore for MemoryStore {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.map.borrow().get(key) {
+            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+            None => (None, None),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        let mut map = self.map.borrow_mut();
+        let current = map.get(key).map_or(0, |(_, c)| *c);
+        if let Some(expected) = cas {
+            if expected != 0 && expected != current {
+                return false;
+            }
+        }
+        map.insert(key.to_owned(), (value.to_vec(), current.wrapping_add(1).max(1)));
+        true
+    }
+}
+
+/// A complete answer held in memory (tests, tools).
+#[cfg(test)]
+pub struct Answered {
+    pub status: Option<String>,
+    pub body: Vec<u8>,
+}
+
+#[cfg(test)]
+impl CalloutResponse for Answered {
+    fn status(&self) -> Option<String> {
+        self.status.clone()
+    }
+
+    fn body(&self, max_bytes: usize) -> Option<Vec<u8>> {
+        (self.body.len() <= max_bytes).then(|| self.body.clone())
+    }
+}

@@ -1,0 +1,750 @@
+//! The coordination, tested as Envoy would drive it: several workers over
+//! one shared store, a host that hands out call ids and delivers answers
+//! (or cancels the calls of streams that went away), and an identity
+//! service that answers truthfully unless told to fail.
+//!
+//! Every test ends with the rule the filter lives by: each request ends in
+//! exactly one allow or one reply (the simulated host panics on a second),
+//! and nothing is allowed that the identity service would not allow.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use erp_devstack::tokens::{self, SigningKey};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+use super::*;
+use crate::host::{Answered, MemoryStore};
+use crate::testkit::{self, NOW};
+
+const READ_PAT: &str = concat!(
+    "enrt_",
+    "1111111111111111111111111111111111111111111111111111111111111111"
+);
+const UPDATE_PAT: &str = concat!(
+    "enrt_",
+    "2222222222222222222222222222222222222222222222222222222222222222"
+);
+const REVOKED_PAT: &str = concat!(
+    "enrt_",
+    "3333333333333333333333333333333333333333333333333333333333333333"
+);
+const NEW_KID: &str = "rotated-key";
+
+fn rotated_key() -> &'static SigningKey {
+    static KEY: OnceLock<SigningKey> = OnceLock::new();
+    KEY.get_or_init(|| SigningKey::generate(NEW_KID, 2048).unwrap())
+}
+
+/// A valid JWT with `read` signed by the key only the rotated set has.
+fn rotated_token() -> &'static str {
+    static TOKEN: OnceLock<String> = OnceLock::new();
+    TOKEN.get_or_init(|| tokens::sign(&tokens::header(NEW_KID), &tokens::claims(NOW, &["read"]), rotated_key()))
+}
+
+fn old_token() -> &'static str {
+    static TOKEN: OnceLock<String> = OnceLock::new();
+    TOKEN.get_or_init(|| testkit::token(&["read"]))
+}
+
+/// Keys and reference tokens both come from the identity service.
+fn config() -> Config {
+    testkit::config_from(|d| {
+        d.as_object_mut().unwrap().remove("jwks");
+        d["remote_jwks"] = json!({
+            "cluster": "identity", "authority": "idp", "refresh_seconds": 600,
+            "unknown_kid_cooldown_seconds": 5, "timeout_ms": 1000,
+        });
+        d["introspection"] = testkit::introspection_json();
+        d["introspection"]["timeout_ms"] = json!(500);
+    })
+}
+
+/// How the identity service answers the next callouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    Truthful,
+    Fails,
+    Garbage,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Allowed,
+    Replied(u32),
+}
+
+#[derive(Debug)]
+struct Stream {
+    worker: usize,
+    token: String,
+    method: &'static str,
+    outcome: Option<Outcome>,
+    gone: bool,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    worker: usize,
+    owner: ContextId,
+    callout: Callout,
+}
+
+/// Envoy with `workers` VMs, shared data, and the identity service.
+struct Host {
+    store: MemoryStore,
+    workers: Vec<Worker>,
+    now_ms: u64,
+    clock_works: bool,
+    streams: BTreeMap<ContextId, Stream>,
+    calls: BTreeMap<CallId, InFlight>,
+    next_id: u32,
+    ticks: Vec<Duration>,
+    counts: HashMap<Stat, u32>,
+    /// The keys the identity service publishes.
+    rotated: bool,
+    service: Service,
+    refuse_dispatch: bool,
+}
+
+impl Host {
+    fn new(workers: usize) -> Self {
+        let mut host = Self {
+            store: MemoryStore::default(),
+            workers: Vec::new(),
+            now_ms: NOW * 1000,
+            clock_works: true,
+            streams: BTreeMap::new(),
+            calls: BTreeMap::new(),
+            next_id: 1,
+            ticks: vec![Duration::ZERO; workers],
+            counts: HashMap::new(),
+            rotated: false,
+            service: Service::Truthful,
+            refuse_dispatch: false,
+        };
+        for w in 0..workers {
+            let mut worker = Worker::new(config(), 1000 + w as u32);
+            let effects = worker.start();
+            host.workers.push(worker);
+            host.run(w, 1000 + w as u32, effects);
+        }
+        host
+    }
+
+    fn now(&self) -> Option<Now> {
+        self.clock_works.then(|| Now::from_ms(self.now_ms))
+    }
+
+    fn root(w: usize) -> ContextId {
+        1000 + w as u32
+    }
+
+    /// Carries out effects as the filter does, including the outcome of
+    /// each dispatch.
+    fn run(&mut self, w: usize, from: ContextId, effects: Vec<Effect>) {
+        let mut queue = VecDeque::from(effects);
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::Allow { stream, .. } => self.end(stream, Outcome::Allowed),
+                Effect::Reply { stream, rejection } => self.end(stream, Outcome::Replied(rejection.status())),
+                Effect::Dispatch { purpose, callout } => {
+                    let id = (!self.refuse_dispatch).then(|| {
+                        let id = self.next_id;
+                        self.next_id += 1;
+                        self.calls.insert(
+                            id,
+                            InFlight {
+                                worker: w,
+                                owner: from,
+                                callout,
+                            },
+                        );
+                        id
+                    });
+                    let now = self.now();
+                    let next = self.workers[w].dispatched(purpose, from, id, now, &self.store);
+                    queue.extend(next);
+                }
+                Effect::Tick(period) => self.ticks[w] = period,
+                Effect::Count(stat) => *self.counts.entry(stat).or_default() += 1,
+            }
+        }
+    }
+
+    fn end(&mut self, stream: ContextId, outcome: Outcome) {
+        let s = self
+            .streams
+            .get_mut(&stream)
+            .expect("an effect for a stream the host never had");
+        assert!(!s.gone, "stream {stream} answered after it went away");
+        assert!(
+            s.outcome.is_none(),
+            "stream {stream} ended twice: {:?} then {outcome:?}",
+            s.outcome
+        );
+        s.outcome = Some(outcome);
+    }
+
+    fn request_with(&mut self, w: usize, method: &'static str, token: &str) -> ContextId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.streams.insert(
+            id,
+            Stream {
+                worker: w,
+                token: token.to_owned(),
+                method,
+                outcome: None,
+                gone: false,
+            },
+        );
+        let auth = format!("Bearer {token}");
+        let headers = [("authorization", auth.as_str())];
+        let head = RequestHead {
+            method,
+            path: "/api/domain/odata/Customers",
+            headers: &headers,
+        };
+        let now = self.now();
+        let effects = self.workers[w].request(id, &head, now, &self.store);
+        self.run(w, id, effects);
+        id
+    }
+
+    fn request(&mut self, w: usize, token: &str) -> ContextId {
+        self.request_with(w, "GET", token)
+    }
+
+    fn tick(&mut self, w: usize) {
+        let now = self.now();
+        let effects = self.workers[w].tick(now, &self.store);
+        self.run(w, Self::root(w), effects);
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.now_ms += ms;
+    }
+
+    /// The identity service's answer to a callout.
+    fn serve(&self, callout: &Callout) -> Answered {
+        let path = callout
+            .headers
+            .iter()
+            .find(|(n, _)| *n == ":path")
+            .map(|(_, v)| v.as_str());
+        let (status, body): (&str, Value) = match self.service {
+            Service::Fails => ("500", json!({"error": "boom"})),
+            Service::Garbage => ("200", json!("<html>")),
+            Service::Truthful if path == Some("/id/connect/introspect") => {
+                let form: HashMap<String, String> = form_urlencoded::parse(&callout.body).into_owned().collect();
+                let token = form.get("token").map(String::as_str).unwrap_or_default();
+                let answer = match token {
+                    READ_PAT => {
+                        json!({"active": true, "scope": "read", "exp": NOW + 3600, "client_id": "app", "sub": "u1"})
+                    }
+                    UPDATE_PAT => json!({"active": true, "scope": "update", "exp": NOW + 3600, "client_id": "app"}),
+                    _ => json!({"active": false}),
+                };
+                ("200", answer)
+            }
+            Service::Truthful => {
+                let jwks = if self.rotated {
+                    tokens::jwks([testkit::key(), rotated_key()])
+                } else {
+                    tokens::jwks([testkit::key()])
+                };
+                ("200", jwks)
+            }
+        };
+        Answered {
+            status: Some(status.to_owned()),
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    /// Delivers the answer to call `id`, as the host does: to the context
+    /// that made it.
+    fn answer(&mut self, id: CallId) {
+        let Some(call) = self.calls.remove(&id) else { return };
+        let response = self.serve(&call.callout);
+        let now = self.now();
+        let effects = self.workers[call.worker].answered(id, &response, now, &self.store);
+        self.run(call.worker, call.owner, effects);
+    }
+
+    /// A call the host gave up on (timeout): it answers 504.
+    fn time_out(&mut self, id: CallId) {
+        let Some(call) = self.calls.remove(&id) else { return };
+        let response = Answered {
+            status: Some("504".into()),
+            body: b"upstream request timeout".to_vec(),
+        };
+        let now = self.now();
+        let effects = self.workers[call.worker].answered(id, &response, now, &self.store);
+        self.run(call.worker, call.owner, effects);
+    }
+
+    fn answer_all(&mut self) {
+        while let Some(id) = self.calls.keys().next().copied() {
+            self.answer(id);
+        }
+    }
+
+    /// The stream goes away (client hung up, or Envoy finished it): the
+    /// host cancels the calls it made and tells the worker.
+    fn stream_done(&mut self, stream: ContextId) {
+        let Some(s) = self.streams.get_mut(&stream) else { return };
+        if s.gone {
+            return;
+        }
+        s.gone = true;
+        let w = s.worker;
+        self.calls.retain(|_, c| c.owner != stream);
+        let effects = self.workers[w].stream_done(stream, &self.store);
+        self.run(w, stream, effects);
+    }
+
+    fn calls_to(&self, path: &str) -> usize {
+        let to = |c: &InFlight| c.callout.headers.iter().any(|(n, v)| *n == ":path" && v == path);
+        self.calls.values().filter(|c| to(c)).count()
+    }
+
+    fn outcome(&self, stream: ContextId) -> Option<Outcome> {
+        self.streams[&stream].outcome.clone()
+    }
+
+    fn count(&self, stat: Stat) -> u32 {
+        self.counts.get(&stat).copied().unwrap_or(0)
+    }
+
+    /// Publishes the first key set to every worker.
+    fn with_keys(mut self) -> Self {
+        for w in 0..self.workers.len() {
+            self.tick(w);
+        }
+        self.answer_all();
+        for w in 0..self.workers.len() {
+            self.tick(w);
+        }
+        let first = self.request(0, old_token());
+        assert_eq!(self.outcome(first), Some(Outcome::Allowed));
+        self
+    }
+
+    /// Lets time pass in 20 ms steps, ticking every worker, answering
+    /// every call as it is made, until nothing is paused.
+    fn settle(&mut self) {
+        for _ in 0..2000 {
+            if self.streams.values().all(|s| s.outcome.is_some() || s.gone) && self.calls.is_empty() {
+                return;
+            }
+            self.answer_all();
+            self.advance(20);
+            for w in 0..self.workers.len() {
+                self.tick(w);
+            }
+        }
+        panic!("requests still paused after 40 s: {:?}", self.paused());
+    }
+
+    fn paused(&self) -> Vec<ContextId> {
+        self.streams
+            .iter()
+            .filter(|(_, s)| s.outcome.is_none() && !s.gone)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+#[test]
+fn one_callout_answers_many_waiters_on_one_worker() {
+    let mut host = Host::new(1).with_keys();
+    let streams: Vec<_> = (0..50).map(|_| host.request(0, READ_PAT)).collect();
+    assert_eq!(host.calls_to("/id/connect/introspect"), 1);
+    assert!(streams.iter().all(|s| host.outcome(*s).is_none()), "all wait");
+    host.answer_all();
+    assert!(streams.iter().all(|s| host.outcome(*s) == Some(Outcome::Allowed)));
+    assert_eq!(host.count(Stat::Introspections), 1);
+    let again = host.request(0, READ_PAT);
+    assert_eq!(host.outcome(again), Some(Outcome::Allowed), "remembered, no call");
+    assert!(host.calls.is_empty());
+}
+
+#[test]
+fn a_claim_held_by_another_worker_is_polled_until_its_answer_appears() {
+    let mut host = Host::new(2).with_keys();
+    let first = host.request(0, READ_PAT);
+    let second = host.request(1, READ_PAT);
+    assert_eq!(host.calls.len(), 1, "worker 1 waits for worker 0's call");
+    assert_eq!(host.ticks[1], REMOTE_POLL, "and polls");
+    host.advance(20);
+    host.tick(1);
+    assert_eq!(host.outcome(second), None, "no answer yet");
+    host.answer_all();
+    assert_eq!(host.outcome(first), Some(Outcome::Allowed));
+    host.advance(20);
+    host.tick(1);
+    assert_eq!(
+        host.outcome(second),
+        Some(Outcome::Allowed),
+        "found in the shared cache"
+    );
+    assert_eq!(host.count(Stat::Introspections), 1);
+    assert!(host.calls.is_empty());
+}
+
+#[test]
+fn a_stale_claim_is_taken_over() {
+    let mut host = Host::new(2).with_keys();
+    host.request(0, READ_PAT);
+    let waiting = host.request(1, READ_PAT);
+    // Worker 0's call never answers (its VM is stuck): past the claim's
+    // deadline, worker 1 calls itself.
+    let stuck: Vec<CallId> = host.calls.keys().copied().collect();
+    host.advance(500 + CLAIM_SLACK_MS + 1);
+    host.tick(1);
+    assert_eq!(host.calls.len(), 2, "worker 1 took over");
+    let mine = *host.calls.keys().find(|id| !stuck.contains(id)).unwrap();
+    assert_eq!(host.calls[&mine].owner, Host::root(1), "from its root context");
+    host.answer(mine);
+    assert_eq!(host.outcome(waiting), Some(Outcome::Allowed));
+}
+
+#[test]
+fn when_the_first_request_leaves_the_call_is_made_again_for_the_others() {
+    let mut host = Host::new(1).with_keys();
+    let first = host.request(0, READ_PAT);
+    let others: Vec<_> = (0..3).map(|_| host.request(0, READ_PAT)).collect();
+    host.stream_done(first);
+    assert!(host.calls.is_empty(), "the host cancelled the call with its stream");
+    assert_eq!(host.ticks[0], NOW_TICK, "the root calls again at once");
+    host.tick(0);
+    assert_eq!(host.calls.len(), 1);
+    assert_eq!(host.calls.values().next().unwrap().owner, Host::root(0));
+    host.answer_all();
+    assert!(others.iter().all(|s| host.outcome(*s) == Some(Outcome::Allowed)));
+    assert_eq!(host.outcome(first), None, "the one that left gets nothing");
+}
+
+#[test]
+fn a_lone_request_that_leaves_releases_its_claim_for_other_workers() {
+    let mut host = Host::new(2).with_keys();
+    let first = host.request(0, READ_PAT);
+    host.stream_done(first);
+    let other = host.request(1, READ_PAT);
+    assert_eq!(
+        host.calls.len(),
+        1,
+        "worker 1 calls at once instead of waiting out the claim"
+    );
+    host.answer_all();
+    assert_eq!(host.outcome(other), Some(Outcome::Allowed));
+}
+
+#[test]
+fn a_failure_is_shared_for_250_ms_then_forgotten() {
+    let mut host = Host::new(2).with_keys();
+    let first = host.request(0, READ_PAT);
+    let remote = host.request(1, READ_PAT);
+    host.service = Service::Fails;
+    host.answer_all();
+    assert_eq!(host.outcome(first), Some(Outcome::Replied(503)));
+    host.advance(20);
+    host.tick(1);
+    assert_eq!(
+        host.outcome(remote),
+        Some(Outcome::Replied(503)),
+        "shared, no second call"
+    );
+    host.advance(200);
+    let within = host.request(1, READ_PAT);
+    assert_eq!(host.outcome(within), Some(Outcome::Replied(503)));
+    assert!(host.calls.is_empty(), "still within 250 ms: no call");
+    host.advance(FAILURE_SHARED_MS);
+    host.service = Service::Truthful;
+    let after = host.request(1, READ_PAT);
+    assert_eq!(host.calls.len(), 1, "forgotten: a new call");
+    host.answer_all();
+    assert_eq!(host.outcome(after), Some(Outcome::Allowed));
+    assert_eq!(host.count(Stat::Introspections), 2);
+}
+
+#[test]
+fn a_refused_dispatch_answers_503_at_once() {
+    let mut host = Host::new(1).with_keys();
+    host.refuse_dispatch = true;
+    let s = host.request(0, READ_PAT);
+    assert_eq!(host.outcome(s), Some(Outcome::Replied(503)));
+}
+
+#[test]
+fn answers_decide_by_the_route_and_the_token() {
+    let mut host = Host::new(1).with_keys();
+    let update_on_get = host.request(0, UPDATE_PAT);
+    let revoked = host.request(0, REVOKED_PAT);
+    let post_with_update = host.request_with(0, "POST", UPDATE_PAT);
+    host.answer_all();
+    assert_eq!(host.outcome(update_on_get), Some(Outcome::Replied(403)));
+    assert_eq!(host.outcome(revoked), Some(Outcome::Replied(401)));
+    assert_eq!(host.outcome(post_with_update), Some(Outcome::Allowed));
+}
+
+#[test]
+fn garbage_from_the_identity_service_is_503_not_a_pass() {
+    let mut host = Host::new(1).with_keys();
+    host.service = Service::Garbage;
+    let s = host.request(0, READ_PAT);
+    host.answer_all();
+    assert_eq!(host.outcome(s), Some(Outcome::Replied(503)));
+}
+
+#[test]
+fn key_waiters_resume_when_the_new_set_arrives() {
+    let mut host = Host::new(1).with_keys();
+    host.rotated = true;
+    let streams: Vec<_> = (0..10).map(|_| host.request(0, rotated_token())).collect();
+    assert!(streams.iter().all(|s| host.outcome(*s).is_none()));
+    host.tick(0);
+    assert_eq!(host.calls.len(), 1, "one forced fetch for all");
+    host.answer_all();
+    host.tick(0);
+    assert!(streams.iter().all(|s| host.outcome(*s) == Some(Outcome::Allowed)));
+}
+
+#[test]
+fn key_waiters_get_503_when_the_fetch_times_out() {
+    let mut host = Host::new(1).with_keys();
+    host.rotated = true;
+    let s = host.request(0, rotated_token());
+    host.tick(0);
+    let id = *host.calls.keys().next().unwrap();
+    host.advance(1000);
+    host.time_out(id);
+    host.tick(0);
+    assert_eq!(host.outcome(s), Some(Outcome::Replied(503)));
+}
+
+#[test]
+fn key_waiters_get_503_when_the_fetch_never_answers() {
+    let mut host = Host::new(1).with_keys();
+    host.rotated = true;
+    let s = host.request(0, rotated_token());
+    host.tick(0);
+    for _ in 0..200 {
+        host.advance(20);
+        host.tick(0);
+    }
+    assert_eq!(host.outcome(s), Some(Outcome::Replied(503)));
+}
+
+#[test]
+fn an_unknown_kid_within_the_cooldown_is_refused_at_once() {
+    let mut host = Host::new(1).with_keys();
+    let s = host.request(0, &testkit::token_with(|h, _| h["kid"] = json!("nobody")));
+    host.settle();
+    assert_eq!(host.outcome(s), Some(Outcome::Replied(401)));
+    assert_eq!(host.count(Stat::JwksFetches), 2, "the first set and one forced fetch");
+    let again = host.request(0, &testkit::token_with(|h, _| h["kid"] = json!("nobody-else")));
+    assert_eq!(host.outcome(again), Some(Outcome::Replied(401)), "cooldown: no wait");
+    assert!(host.calls.is_empty());
+}
+
+/// Right after a rotation, a burst of first requests with the new `kid` on
+/// every worker, some arriving while the forced fetch is in flight, some
+/// after it published the set but before their worker's tick, some within
+/// the cooldown: all end allowed.
+#[test]
+fn rotation_burst_every_request_is_allowed_whichever_worker_fetched() {
+    for round in 0..4 {
+        let mut host = Host::new(3).with_keys();
+        host.rotated = true;
+        let mut streams = Vec::new();
+        for i in 0..8 {
+            streams.push(host.request(i % 3, rotated_token()));
+        }
+        // Worker `round % 3` ticks first and makes the forced fetch.
+        let fetcher = round % 3;
+        host.tick(fetcher);
+        for i in 0..6 {
+            streams.push(host.request(i % 3, rotated_token()));
+        }
+        host.answer_all();
+        // The set is published; the other workers have not ticked yet.
+        for i in 0..9 {
+            streams.push(host.request(i % 3, rotated_token()));
+        }
+        host.advance(2000);
+        for i in 0..6 {
+            streams.push(host.request(i % 3, rotated_token()));
+        }
+        host.settle();
+        for s in &streams {
+            assert_eq!(host.outcome(*s), Some(Outcome::Allowed), "round {round}, stream {s}");
+        }
+        assert_eq!(host.count(Stat::JwksFetches), 2, "the first set and one forced fetch");
+    }
+}
+
+#[test]
+fn a_failed_clock_read_is_503_never_time_zero() {
+    let mut host = Host::new(1).with_keys();
+    host.clock_works = false;
+    let jwt = host.request(0, old_token());
+    let pat = host.request(0, READ_PAT);
+    assert_eq!(host.outcome(jwt), Some(Outcome::Replied(503)));
+    assert_eq!(host.outcome(pat), Some(Outcome::Replied(503)));
+    assert!(host.calls.is_empty());
+}
+
+#[test]
+fn a_clock_lost_while_requests_wait_answers_them_503_and_caches_nothing() {
+    let mut host = Host::new(1).with_keys();
+    let waiting = host.request(0, READ_PAT);
+    host.clock_works = false;
+    host.answer_all();
+    assert_eq!(host.outcome(waiting), Some(Outcome::Replied(503)));
+    let entries = host.store.entries();
+    assert!(
+        entries.iter().all(|(k, _)| !k.contains(".ref.")),
+        "no answer cached without a time"
+    );
+    host.clock_works = true;
+    let pat = host.request(0, UPDATE_PAT);
+    host.rotated = true;
+    let jwt = host.request(0, rotated_token());
+    assert_eq!(host.paused(), [pat, jwt]);
+    host.clock_works = false;
+    host.tick(0);
+    assert_eq!(host.outcome(pat), Some(Outcome::Replied(503)));
+    assert_eq!(host.outcome(jwt), Some(Outcome::Replied(503)));
+    assert_eq!(
+        host.workers[0].paused(),
+        0,
+        "a tick without a clock leaves nobody waiting"
+    );
+}
+
+#[test]
+fn debug_output_shows_no_token_and_no_secret() {
+    let mut host = Host::new(1).with_keys();
+    host.request(0, READ_PAT);
+    host.rotated = true;
+    host.request(0, rotated_token());
+    let shown = format!("{:?} {:?} {:?}", host.workers[0], host.workers[0].config(), host.calls);
+    let secret = erp_devstack::idp::INTROSPECTION_SECRET;
+    assert!(!shown.contains(secret), "the client secret is shown");
+    assert!(!shown.contains(&READ_PAT[5..]), "a reference token is shown");
+    assert!(!shown.contains(rotated_token()), "a JWT is shown");
+    assert!(!shown.contains("eyJ"), "something shaped like a JWT is shown");
+    assert!(shown.contains("Secret("), "the redaction is visible: {}", &shown[..200]);
+}
+
+/// One step of the host's life.
+#[derive(Debug, Clone)]
+enum Op {
+    Request { worker: usize, token: usize, post: bool },
+    Answer { pick: usize },
+    TimeOut { pick: usize },
+    Tick { worker: usize },
+    Advance { ms: u64 },
+    Done { pick: usize },
+    Rotate,
+    Service(Service),
+    Clock(bool),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..3usize, 0..6usize, any::<bool>()).prop_map(|(worker, token, post)| Op::Request { worker, token, post }),
+        3 => (0..8usize).prop_map(|pick| Op::Answer { pick }),
+        1 => (0..8usize).prop_map(|pick| Op::TimeOut { pick }),
+        3 => (0..3usize).prop_map(|worker| Op::Tick { worker }),
+        2 => (0..800u64).prop_map(|ms| Op::Advance { ms }),
+        2 => (0..16usize).prop_map(|pick| Op::Done { pick }),
+        1 => Just(Op::Rotate),
+        1 => prop_oneof![Just(Service::Truthful), Just(Service::Fails), Just(Service::Garbage)].prop_map(Op::Service),
+        1 => prop_oneof![5 => Just(true), 1 => Just(false)].prop_map(Op::Clock),
+    ]
+}
+
+fn token_of(i: usize) -> String {
+    match i {
+        0 => READ_PAT.to_owned(),
+        1 => UPDATE_PAT.to_owned(),
+        2 => REVOKED_PAT.to_owned(),
+        3 => old_token().to_owned(),
+        4 => rotated_token().to_owned(),
+        _ => testkit::flip_signature_byte(old_token()),
+    }
+}
+
+/// Whether the truth allows this request: the identity service's real
+/// answer, the real keys, the route's scope.
+fn truly_allowed(stream: &Stream, rotated_ever: bool) -> bool {
+    let token = stream.token.as_str();
+    match stream.method {
+        "GET" => token == READ_PAT || token == old_token() || (token == rotated_token() && rotated_ever),
+        _ => token == UPDATE_PAT,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// Any interleaving of requests, answers, timeouts, ticks, hang-ups,
+    /// rotations, faults and clock failures: every request ends exactly once
+    /// (the host panics on a second ending), nothing is left waiting once
+    /// time passes, and nothing is allowed that the truth does not allow.
+    #[test]
+    fn every_paused_request_ends_exactly_once_and_only_truth_allows(ops in proptest::collection::vec(op(), 1..60)) {
+        let mut host = Host::new(3).with_keys();
+        let mut rotated_ever = false;
+        for op in ops {
+            match op {
+                Op::Request { worker, token, post } => {
+                    let method = if post { "POST" } else { "GET" };
+                    host.request_with(worker, method, &token_of(token));
+                }
+                Op::Answer { pick } => {
+                    if let Some(id) = host.calls.keys().nth(pick % host.calls.len().max(1)).copied() {
+                        host.answer(id);
+                    }
+                }
+                Op::TimeOut { pick } => {
+                    if let Some(id) = host.calls.keys().nth(pick % host.calls.len().max(1)).copied() {
+                        host.time_out(id);
+                    }
+                }
+                Op::Tick { worker } => host.tick(worker),
+                Op::Advance { ms } => host.advance(ms),
+                Op::Done { pick } => {
+                    let ids: Vec<ContextId> = host.streams.keys().copied().collect();
+                    if let Some(id) = ids.get(pick % ids.len().max(1)) {
+                        host.stream_done(*id);
+                    }
+                }
+                Op::Rotate => {
+                    host.rotated = true;
+                    rotated_ever = true;
+                }
+                Op::Service(service) => host.service = service,
+                Op::Clock(works) => host.clock_works = works,
+            }
+        }
+        host.clock_works = true;
+        host.service = Service::Truthful;
+        host.settle();
+        for (id, stream) in &host.streams {
+            prop_assert!(stream.outcome.is_some() || stream.gone, "stream {} never ended", id);
+            if stream.outcome == Some(Outcome::Allowed) {
+                prop_assert!(truly_allowed(stream, rotated_ever), "stream {} allowed: {:?}", id, stream);
+            }
+        }
+        for worker in &host.workers {
+            prop_assert_eq!(worker.paused(), 0);
+        }
+    }
+}
