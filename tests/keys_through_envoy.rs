@@ -163,3 +163,37 @@ fn jwks_failures_after_a_good_fetch_keep_the_last_good_keys() {
     }
     assert!(stack.envoy.log().contains("keeping the last good set"));
 }
+
+/// Right after each rotation, a burst of concurrent first requests carrying
+/// a token with the new `kid` lands on both workers: whichever worker makes
+/// the fetch, every request is answered with the new set, none with 401.
+#[test]
+fn rotation_burst_every_first_request_with_the_new_kid_is_allowed() {
+    let stack = Arc::new(two_workers(
+        json!({"remote_jwks": {"refresh_seconds": 5, "unknown_kid_cooldown_seconds": 3}}),
+        None,
+    ));
+    assert_eq!(get_with(&stack, &stack.idp.access_token(&["read"])).status, 200);
+    for round in 0..5 {
+        stack.idp.rotate().unwrap();
+        let token = stack.idp.access_token(&["read"]);
+        let barrier = Arc::new(std::sync::Barrier::new(24));
+        let threads: Vec<_> = (0..24)
+            .map(|_| {
+                let (stack, token, barrier) = (Arc::clone(&stack), token.clone(), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    get_with(&stack, &token).status
+                })
+            })
+            .collect();
+        let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(
+            statuses.iter().all(|s| *s == 200),
+            "round {round}: statuses {statuses:?}"
+        );
+        // The next rotation comes after the cooldown, as a real one would.
+        std::thread::sleep(Duration::from_millis(3_200));
+    }
+    assert_not_leaked(&stack, "eyJ");
+}
