@@ -99,8 +99,18 @@ impl ReferenceCache {
                 principal.expires_at.min(now.saturating_add(self.max_ttl)),
                 serde_json::to_vec(principal).ok()?,
             ),
-            Answer::Inactive if self.negative_ttl > 0 => (now.saturating_add(self.negative_ttl), Vec::new()),
-            Answer::Inactive => return None,
+            Answer::Inactive if self.negative_ttl > 0 => {
+                // A flood of random tokens must not push out the answers
+                // real clients depend on: an inactive answer never takes
+                // the slot of another token's live active answer.
+                if let (Some(held), _) = store.get(&self.entry_key(hash)) {
+                    if holds_live_active(&held, hash, now) {
+                        return None;
+                    }
+                }
+                (now.saturating_add(self.negative_ttl), Vec::new())
+            }
+            Answer::Inactive | Answer::Refused(_) => return None,
         };
         if expires_at <= now || payload.len() > MAX_ENTRY_BYTES {
             return None;
@@ -147,6 +157,30 @@ impl ReferenceCache {
         Claim::Mine
     }
 
+    /// Takes one introspection call from the budget shared by every worker:
+    /// at most `per_second` calls in any one second of the clock. False when
+    /// the second's budget is spent (or the store keeps refusing the update).
+    pub fn spend(&self, store: &dyn SharedStore, now: u64, per_second: u32) -> bool {
+        let key = format!("{}.budget", self.prefix);
+        for _ in 0..8 {
+            let (value, cas) = store.get(&key);
+            let (second, used) = value
+                .as_deref()
+                .and_then(|v| Some((v.get(..8)?.try_into().ok()?, v.get(8..12)?.try_into().ok()?)))
+                .map_or((0, 0), |(s, u)| (u64::from_be_bytes(s), u32::from_be_bytes(u)));
+            let used = if second == now { used } else { 0 };
+            if used >= per_second {
+                return false;
+            }
+            let mut next = now.to_be_bytes().to_vec();
+            next.extend_from_slice(&(used + 1).to_be_bytes());
+            if store.set(&key, &next, Some(cas.unwrap_or(0))) {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Ends a claim. A failure is remembered until `failed_until_ms`, so
     /// waiting workers answer 503 at once instead of calling again.
     pub fn finish(&self, store: &dyn SharedStore, hash: &TokenHash, failed_until_ms: Option<u64>) {
@@ -156,6 +190,15 @@ impl ReferenceCache {
         };
         store.set(&self.flight_key(hash), &value, None);
     }
+}
+
+/// Whether a slot's value is another token's active answer, still fresh.
+fn holds_live_active(value: &[u8], hash: &TokenHash, now: u64) -> bool {
+    value.len() >= 42
+        && value[0] == ENTRY_VERSION
+        && value[1..33] != hash[..]
+        && value[41] == 1
+        && value[33..41].try_into().is_ok_and(|b| u64::from_be_bytes(b) > now)
 }
 
 /// Entries record the first second they are stale (what [`ReferenceCache::put`]
@@ -253,9 +296,46 @@ mod tests {
         let b = hash_token("enrt_b");
         tiny.put(&store, &a, &Answer::Active(principal(NOW + 100)), NOW);
         assert_eq!(tiny.get(&store, &b, NOW), None);
-        tiny.put(&store, &b, &Answer::Inactive, NOW);
-        assert_eq!(tiny.get(&store, &a, NOW), None, "evicted");
-        assert_eq!(tiny.get(&store, &b, NOW), Some(Answer::Inactive));
+        tiny.put(&store, &b, &Answer::Active(principal(NOW + 100)), NOW);
+        assert_eq!(tiny.get(&store, &a, NOW), None, "evicted by another active answer");
+        assert!(matches!(tiny.get(&store, &b, NOW), Some(Answer::Active(_))));
+    }
+
+    #[test]
+    fn inactive_answers_never_evict_live_active_ones() {
+        let store = MemoryStore::default();
+        let tiny = ReferenceCache::new("t", 1, 30, 5);
+        let good = hash_token("enrt_good");
+        tiny.put(&store, &good, &Answer::Active(principal(NOW + 100)), NOW);
+        for i in 0..1000 {
+            let junk = hash_token(&format!("enrt_junk{i}"));
+            assert_eq!(tiny.put(&store, &junk, &Answer::Inactive, NOW), None);
+        }
+        assert!(matches!(tiny.get(&store, &good, NOW), Some(Answer::Active(_))));
+        let junk = hash_token("enrt_junk");
+        assert_eq!(
+            tiny.put(&store, &junk, &Answer::Inactive, NOW + 30),
+            Some(NOW + 35),
+            "once the active answer has expired, the slot is free"
+        );
+        assert_eq!(
+            tiny.put(&store, &good, &Answer::Refused("x"), NOW),
+            None,
+            "refusals are not cached"
+        );
+    }
+
+    #[test]
+    fn the_introspection_budget_is_shared_and_per_second() {
+        let store = MemoryStore::default();
+        let c = cache();
+        let spent: usize = (0..50).filter(|_| c.spend(&store, NOW, 20)).count();
+        assert_eq!(spent, 20);
+        assert!(!c.spend(&store, NOW, 20));
+        assert!(c.spend(&store, NOW + 1, 20), "a new second, a new budget");
+        let other_worker = cache();
+        let more: usize = (0..50).filter(|_| other_worker.spend(&store, NOW + 1, 20)).count();
+        assert_eq!(more, 19, "workers share one budget");
     }
 
     #[test]

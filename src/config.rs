@@ -302,6 +302,7 @@ fn non_empty_strings(field: &str, values: &[String]) -> Result<(), ConfigError> 
 mod tests {
     use super::*;
     use crate::testkit;
+    use serde_json::json;
 
     fn config_with(patch: impl FnOnce(&mut serde_json::Value)) -> Result<Config, ConfigError> {
         let mut doc = testkit::config_json();
@@ -378,6 +379,31 @@ mod tests {
     fn identity_header_may_not_shadow_a_credential_header() {
         let err = config_with(|d| d["identity_headers"] = serde_json::json!({"subject": "X-Api-Key"})).unwrap_err();
         assert_eq!(err.field, "identity_headers");
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_named_but_never_repeated() {
+        for value in [
+            json!(987_654_321),
+            json!(["s3cr3t-in-a-list"]),
+            json!({"v": "s3cr3t-in-a-map"}),
+            json!(true),
+        ] {
+            let err = config_with(|d| {
+                d["introspection"] = testkit::introspection_json();
+                d["introspection"]["client_secret"] = value.clone();
+            })
+            .unwrap_err();
+            assert_eq!(err.field, "introspection.client_secret");
+            let shown = err.to_string();
+            assert!(!shown.contains("987654321") && !shown.contains("s3cr3t"), "{shown}");
+        }
+        let err = config_with(|d| {
+            d["introspection"] = testkit::introspection_json();
+            d["introspection"]["client_secret"] = json!("");
+        })
+        .unwrap_err();
+        assert_eq!(err.field, "introspection.client_secret");
     }
 
     #[test]
@@ -487,10 +513,7 @@ mod readme_tests {
         }
         let readme: BTreeSet<String> = documented().into_iter().map(|(n, _)| n).collect();
         assert_eq!(readme, code, "README configuration table vs configuration structs");
-        let rules: BTreeSet<String> = table("A route rule:")
-            .iter()
-            .flat_map(|row| names(&row[0]))
-            .collect();
+        let rules: BTreeSet<String> = table("A route rule:").iter().flat_map(|row| names(&row[0])).collect();
         assert_eq!(rules, fields::<RouteRule>(), "README route-rule table vs RouteRule");
     }
 
@@ -519,7 +542,10 @@ mod readme_tests {
 
     #[test]
     fn the_identity_header_table_lists_the_default_names() {
-        let listed: Vec<String> = table("Identity headers set on allowed requests").iter().flat_map(|r| names(&r[0])).collect();
+        let listed: Vec<String> = table("Identity headers set on allowed requests")
+            .iter()
+            .flat_map(|r| names(&r[0]))
+            .collect();
         let defaults = crate::principal::IdentityHeaders::default();
         assert_eq!(listed, defaults.names().map(str::to_owned));
     }

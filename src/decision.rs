@@ -14,7 +14,7 @@ use crate::introspection::Answer;
 use crate::jwks::KeySet;
 use crate::jwt::{self, ClaimRules, JwtError};
 use crate::policy::Access;
-use crate::principal::{Identity, Principal};
+use crate::principal::{same_header_name, Identity, Principal};
 use crate::rejection::Rejection;
 use crate::secret::{self, Secret, TokenHash};
 use crate::verified::{Remembered, VerifiedCache};
@@ -49,6 +49,40 @@ pub enum Step {
     /// from the identity service: look for a newer key set (or fetch one),
     /// then [`Engine::finish_jwt`].
     AwaitKeys(PendingJwt),
+}
+
+/// Headers that make some frameworks serve another method or path than the
+/// one the route rules decided on: refused, never passed on.
+const OVERRIDE_HEADERS: [&str; 5] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// What no request may be, whatever its route and credential.
+fn check_request(request: &RequestHead<'_>) -> Result<(), Rejection> {
+    // RFC 9110 §9.1: methods are case-sensitive and the standard ones are
+    // upper-case. `post` (HTTP/2 allows it) would match no rule written for
+    // POST while an upstream may still treat it as one.
+    let canonical = !request.method.is_empty()
+        && request
+            .method
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !canonical {
+        return Err(Rejection::InvalidRequest(
+            "the method is not in canonical upper-case form",
+        ));
+    }
+    let overrides = |name: &str| OVERRIDE_HEADERS.iter().any(|h| same_header_name(name, h));
+    if request.headers.iter().any(|(name, _)| overrides(name)) {
+        return Err(Rejection::InvalidRequest(
+            "method and URL override headers are not accepted",
+        ));
+    }
+    Ok(())
 }
 
 impl From<Result<Allowed, Rejection>> for Verdict {
@@ -162,11 +196,12 @@ impl Engine {
         let principal = match answer {
             Ok(Answer::Active(principal)) => principal.clone(),
             Ok(Answer::Inactive) => return Verdict::Deny(Rejection::InvalidToken("the token is not active")),
+            Ok(Answer::Refused(reason)) => return Verdict::Deny(Rejection::InvalidToken(reason)),
             Err(rejection) => return Verdict::Deny(rejection.clone()),
         };
         let identity = self.identity(principal).inspect(|identity| {
             if let Some(until) = until {
-                references.insert(pending.hash, "", Rc::clone(identity), until);
+                references.insert(pending.hash, "", None, Rc::clone(identity), until);
             }
         });
         identity
@@ -190,6 +225,7 @@ impl Engine {
         memory: &mut Remembered,
         now: u64,
     ) -> Result<Step, Rejection> {
+        check_request(request)?;
         let access = self.config.policy.access(request.method, request.path)?;
         if *access == Access::Public {
             return Ok(Step::Done(Verdict::Allow(Allowed {
@@ -259,7 +295,7 @@ impl Engine {
         if let Some(identity) = verified.get(&digest, signature, now) {
             return Ok(Rc::clone(identity));
         }
-        let principal = jwt::verify_with_digest(token, &digest, keys, &self.claim_rules(), now)?;
+        let (principal, key) = jwt::verify_with_digest(token, &digest, keys, &self.claim_rules(), now)?;
         let identity = match self.identity(principal) {
             Ok(identity) => identity,
             Err(_) => return Err(JwtError::UnsafeClaim),
@@ -268,7 +304,7 @@ impl Engine {
             .principal
             .expires_at
             .saturating_add(self.config.clock_skew_seconds);
-        verified.insert(digest, signature, Rc::clone(&identity), until);
+        verified.insert(digest, signature, Some(key), Rc::clone(&identity), until);
         Ok(identity)
     }
 
@@ -342,6 +378,49 @@ mod tests {
                 required: "update".into()
             }
         );
+    }
+
+    #[test]
+    fn a_method_not_in_upper_case_is_an_invalid_request() {
+        let auth = format!("Bearer {}", testkit::token(&["read", "update"]));
+        for method in ["post", "Post", "get", "", "GET "] {
+            assert!(
+                matches!(
+                    denied(decide(method, "/api/domain/x", &[("authorization", &auth)])),
+                    Rejection::InvalidRequest(_)
+                ),
+                "{method:?}"
+            );
+        }
+        assert!(matches!(
+            decide("PROPFIND", "/api/domain/x", &[("authorization", &auth)]),
+            Step::Done(Verdict::Deny(Rejection::RouteNotAllowed))
+        ));
+    }
+
+    #[test]
+    fn method_and_url_override_headers_are_refused_even_on_public_routes() {
+        let auth = format!("Bearer {}", testkit::token(&["read", "update"]));
+        for name in [
+            "x-http-method-override",
+            "X-HTTP-Method",
+            "x-method-override",
+            "x_http_method_override",
+            "x-original-url",
+            "x-rewrite-url",
+        ] {
+            let r = denied(decide(
+                "POST",
+                "/api/domain/x",
+                &[("authorization", &auth), (name, "DELETE")],
+            ));
+            assert_eq!(r.status(), 400, "{name}");
+            assert_eq!(
+                denied(decide("GET", "/healthz", &[(name, "/admin")])).status(),
+                400,
+                "{name}"
+            );
+        }
     }
 
     #[test]
@@ -607,7 +686,11 @@ mod tests {
             NOW,
         );
         assert!(matches!(introspect, Step::Introspect(_)) && matches!(await_keys, Step::AwaitKeys(_)));
-        let shown = format!("{:?} {introspect:?} {await_keys:?} {:#?}", engine.config(), engine.config());
+        let shown = format!(
+            "{:?} {introspect:?} {await_keys:?} {:#?}",
+            engine.config(),
+            engine.config()
+        );
         assert!(!shown.contains(secret), "the client secret is shown");
         assert!(!shown.contains(&PAT[5..]), "the reference token is shown");
         assert!(!shown.contains(&jwt[..20]), "the JWT is shown");

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::config_error::{check_fields, ConfigError};
 use crate::endpoint::Endpoint;
 use crate::host::Callout;
-use crate::principal::{Principal, PrincipalKind, ScopeClaim};
+use crate::principal::{Audience, Principal, PrincipalKind, ScopeClaim};
 use crate::rejection::Rejection;
 use crate::secret::Secret;
 
@@ -51,6 +51,11 @@ pub struct IntrospectionConfig {
     /// Largest introspection answer read, in bytes. Default 16384.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
+    /// Introspection calls per second, shared by every worker: a flood of
+    /// made-up tokens costs at most this many calls; past it, a request
+    /// whose token is not cached gets 503. Default 200; 1 to 100000.
+    #[serde(default = "default_max_calls")]
+    pub max_calls_per_second: u32,
 }
 
 fn default_path() -> String {
@@ -70,6 +75,9 @@ fn default_max_entries() -> u32 {
 }
 fn default_max_response_bytes() -> usize {
     16_384
+}
+fn default_max_calls() -> u32 {
+    200
 }
 
 impl IntrospectionConfig {
@@ -111,6 +119,11 @@ impl IntrospectionConfig {
                     (256..=1 << 20).contains(&self.max_response_bytes),
                     "must be between 256 and 1048576",
                 ),
+                (
+                    "max_calls_per_second",
+                    (1..=100_000).contains(&self.max_calls_per_second),
+                    "must be between 1 and 100000",
+                ),
             ],
         )
     }
@@ -147,7 +160,21 @@ fn form_escape(value: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
     Active(Principal),
+    /// Not active, expired, or active for another API (`aud`) or issuer.
     Inactive,
+    /// Active, but not an answer the filter can pass on (a scope element
+    /// that is not a scope-token): 401 with this reason, never cached.
+    Refused(&'static str),
+}
+
+/// What an active answer must match: the filter's own audiences and
+/// issuers. An identity service answers `active` per API resource, but one
+/// that does not, or a cache another API filled, must not pass a token made
+/// for another API.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerRules<'a> {
+    pub audiences: &'a [String],
+    pub issuers: &'a [String],
 }
 
 #[derive(Deserialize)]
@@ -161,15 +188,20 @@ struct Response {
     sub: Option<String>,
     client_system_user: Option<String>,
     client_db: Option<String>,
+    #[serde(default)]
+    aud: Option<Audience>,
+    iss: Option<String>,
 }
 
 /// The identity service could not answer; the request gets 503.
 pub const UNAVAILABLE: Rejection = Rejection::Unavailable("the identity service is unavailable; retry later");
+/// The introspection budget of this second is spent; the request gets 503.
+pub const OVER_BUDGET: Rejection = Rejection::Unavailable("too many unknown reference tokens right now; retry later");
 
 /// Reads an introspection answer. `status` is the callout's `:status`,
 /// `body` its body (already bounded by the caller). Any malformed or
 /// unexpected answer is [`UNAVAILABLE`].
-pub fn read_answer(status: Option<&str>, body: &[u8], now: u64) -> Result<Answer, Rejection> {
+pub fn read_answer(status: Option<&str>, body: &[u8], now: u64, rules: AnswerRules<'_>) -> Result<Answer, Rejection> {
     if status != Some("200") {
         return Err(UNAVAILABLE);
     }
@@ -180,6 +212,18 @@ pub fn read_answer(status: Option<&str>, body: &[u8], now: u64) -> Result<Answer
     if response.exp.is_some_and(|exp| exp <= now) {
         return Ok(Answer::Inactive);
     }
+    // When the answer says which API and issuer it is for, they must be ours.
+    if response.aud.as_ref().is_some_and(|aud| !aud.any_in(rules.audiences)) {
+        return Ok(Answer::Inactive);
+    }
+    if response.iss.as_ref().is_some_and(|iss| !rules.issuers.contains(iss)) {
+        return Ok(Answer::Inactive);
+    }
+    let scopes = match response.scope.map(ScopeClaim::into_scopes) {
+        None => Vec::new(),
+        Some(Ok(scopes)) => scopes,
+        Some(Err(_)) => return Ok(Answer::Refused("the token's scope is malformed")),
+    };
     let kind = if response.sub.is_some() {
         PrincipalKind::ReferenceUser
     } else {
@@ -191,7 +235,7 @@ pub fn read_answer(status: Option<&str>, body: &[u8], now: u64) -> Result<Answer
         subject: response.sub,
         client_db: response.client_db,
         system_user: response.client_system_user,
-        scopes: response.scope.map(ScopeClaim::into_scopes).unwrap_or_default(),
+        scopes,
         expires_at: response.exp.unwrap_or(u64::MAX),
     }))
 }
@@ -201,6 +245,14 @@ mod tests {
     use super::*;
 
     const NOW: u64 = 1_700_000_000;
+    const RULES: AnswerRules<'static> = AnswerRules {
+        audiences: &[],
+        issuers: &[],
+    };
+
+    fn ours() -> (Vec<String>, Vec<String>) {
+        (vec!["DomainAPI".into()], vec!["https://idp.erp.test/id".into()])
+    }
 
     fn config() -> IntrospectionConfig {
         serde_json::from_value(serde_json::json!({
@@ -257,7 +309,7 @@ mod tests {
     fn active_answer_gives_a_principal() {
         let body =
             br#"{"active":true,"scope":"read update","exp":1700000100,"client_id":"app","sub":"u1","client_db":"E1"}"#;
-        let Answer::Active(p) = read_answer(Some("200"), body, NOW).unwrap() else {
+        let Answer::Active(p) = read_answer(Some("200"), body, NOW, RULES).unwrap() else {
             panic!()
         };
         assert_eq!(p.kind, PrincipalKind::ReferenceUser);
@@ -269,7 +321,7 @@ mod tests {
     #[test]
     fn service_token_has_no_subject_and_scope_may_be_an_array() {
         let body = br#"{"active":true,"scope":["read"],"client_system_user":"svc@erp"}"#;
-        let Answer::Active(p) = read_answer(Some("200"), body, NOW).unwrap() else {
+        let Answer::Active(p) = read_answer(Some("200"), body, NOW, RULES).unwrap() else {
             panic!()
         };
         assert_eq!(p.kind, PrincipalKind::ReferenceService);
@@ -280,11 +332,11 @@ mod tests {
     #[test]
     fn inactive_and_already_expired_answers_are_inactive() {
         assert_eq!(
-            read_answer(Some("200"), br#"{"active":false}"#, NOW),
+            read_answer(Some("200"), br#"{"active":false}"#, NOW, RULES),
             Ok(Answer::Inactive)
         );
         assert_eq!(
-            read_answer(Some("200"), br#"{"active":true,"exp":1699999999}"#, NOW),
+            read_answer(Some("200"), br#"{"active":true,"exp":1699999999}"#, NOW, RULES),
             Ok(Answer::Inactive)
         );
     }
@@ -301,7 +353,58 @@ mod tests {
             (Some("200"), br#"{"active":"yes"}"#),
         ];
         for (status, body) in cases {
-            assert_eq!(read_answer(status, body, NOW), Err(UNAVAILABLE), "{status:?}");
+            assert_eq!(read_answer(status, body, NOW, RULES), Err(UNAVAILABLE), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn an_answer_for_another_api_or_issuer_is_inactive() {
+        let (audiences, issuers) = ours();
+        let rules = AnswerRules {
+            audiences: &audiences,
+            issuers: &issuers,
+        };
+        let read = |body: &str| read_answer(Some("200"), body.as_bytes(), NOW, rules);
+        assert!(matches!(
+            read(r#"{"active":true,"aud":"DomainAPI"}"#),
+            Ok(Answer::Active(_))
+        ));
+        assert!(matches!(
+            read(r#"{"active":true,"aud":["TableAPI","DomainAPI"],"iss":"https://idp.erp.test/id"}"#),
+            Ok(Answer::Active(_))
+        ));
+        assert!(
+            matches!(read(r#"{"active":true}"#), Ok(Answer::Active(_))),
+            "no aud: the caller's own resource"
+        );
+        assert_eq!(read(r#"{"active":true,"aud":"TableAPI"}"#), Ok(Answer::Inactive));
+        assert_eq!(
+            read(r#"{"active":true,"aud":["TableAPI","OLAP"]}"#),
+            Ok(Answer::Inactive)
+        );
+        assert_eq!(
+            read(r#"{"active":true,"aud":"domainapi"}"#),
+            Ok(Answer::Inactive),
+            "exact"
+        );
+        assert_eq!(
+            read(r#"{"active":true,"aud":"DomainAPI","iss":"https://evil.example/id"}"#),
+            Ok(Answer::Inactive)
+        );
+    }
+
+    #[test]
+    fn an_answer_whose_scope_elements_are_not_scope_tokens_is_refused() {
+        for body in [
+            r#"{"active":true,"scope":["read","update delete"]}"#,
+            r#"{"active":true,"scope":"read\tupdate"}"#,
+            r#"{"active":true,"scope":["read",""]}"#,
+        ] {
+            assert_eq!(
+                read_answer(Some("200"), body.as_bytes(), NOW, RULES),
+                Ok(Answer::Refused("the token's scope is malformed")),
+                "{body}"
+            );
         }
     }
 }

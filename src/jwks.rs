@@ -13,6 +13,7 @@ use base64::Engine as _;
 use rsa::traits::PublicKeyParts;
 use rsa::{BigUint, RsaPublicKey};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::algorithm::Algorithm;
 use crate::rs256::PreparedKey;
@@ -32,6 +33,10 @@ pub struct VerificationKey {
     pub key: RsaPublicKey,
     /// The same key prepared for the fast RS256 path (exponent 65537).
     pub fast: Option<PreparedKey>,
+    /// SHA-256 of what the key is (algorithm, modulus, exponent): a verified
+    /// token remembered under it stays trusted exactly while a key with the
+    /// same material is in the set.
+    pub material: KeyMaterial,
 }
 
 impl fmt::Debug for VerificationKey {
@@ -43,6 +48,9 @@ impl fmt::Debug for VerificationKey {
             .finish()
     }
 }
+
+/// The identity of a key's material, whatever its `kid`.
+pub type KeyMaterial = [u8; 32];
 
 /// Why a key in a JWKS was not taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,6 +220,25 @@ impl KeySet {
             .join("; ")
     }
 
+    /// Whether a key with this material is in the set (under any `kid`).
+    pub fn has_material(&self, material: &KeyMaterial) -> bool {
+        self.keys.values().any(|k| &k.material == material)
+    }
+
+    /// SHA-256 over the sorted `kid`s and their material: equal for two sets
+    /// with the same usable keys, whatever else differs in the documents.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut keys: Vec<(&String, &KeyMaterial)> = self.keys.iter().map(|(k, v)| (k, &v.material)).collect();
+        keys.sort_unstable();
+        let mut hash = Sha256::new();
+        for (kid, material) in keys {
+            hash.update((kid.len() as u64).to_be_bytes());
+            hash.update(kid.as_bytes());
+            hash.update(material);
+        }
+        hash.finalize().into()
+    }
+
     /// The `kid`s of the usable keys, sorted.
     pub fn kids(&self) -> Vec<&str> {
         let mut kids: Vec<&str> = self.keys.keys().map(String::as_str).collect();
@@ -252,12 +279,21 @@ fn parse_key(raw: &serde_json::Value, allowed_algorithms: &[Algorithm]) -> Resul
     let fast = (algorithm == Algorithm::Rs256)
         .then(|| PreparedKey::new(&n.to_bytes_be(), &e.to_bytes_be()))
         .flatten();
+    let material = Sha256::new()
+        .chain_update(algorithm.as_str())
+        .chain_update([0])
+        .chain_update(n.to_bytes_be())
+        .chain_update([0])
+        .chain_update(e.to_bytes_be())
+        .finalize()
+        .into();
     let key = RsaPublicKey::new(n, e).map_err(|_| KeyProblem::InvalidRsa)?;
     Ok(VerificationKey {
         kid,
         algorithm,
         key,
         fast,
+        material,
     })
 }
 

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::algorithm::Algorithm;
-use crate::jwks::KeySet;
-use crate::principal::{Principal, PrincipalKind, ScopeClaim};
+use crate::jwks::{KeyMaterial, KeySet};
+use crate::principal::{Audience, Principal, PrincipalKind, ScopeClaim};
 use crate::rejection::Rejection;
 
 /// The claim rules a token must meet.
@@ -67,6 +67,8 @@ pub enum JwtError {
     AudienceNotAccepted,
     /// A claim holds characters a header cannot carry (refused, not cut).
     UnsafeClaim,
+    /// A `scope` element is not an RFC 6749 scope-token.
+    MalformedScope,
 }
 
 impl JwtError {
@@ -91,6 +93,7 @@ impl JwtError {
             Self::IssuerNotAccepted => "the token's issuer is not accepted",
             Self::AudienceNotAccepted => "the token's audience is not accepted",
             Self::UnsafeClaim => "a claim holds characters a header cannot carry",
+            Self::MalformedScope => "the token's scope is malformed",
         }
     }
 }
@@ -123,22 +126,6 @@ struct AccessTokenClaims {
     client_system_user: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Audience {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl Audience {
-    fn any_in(&self, accepted: &[String]) -> bool {
-        match self {
-            Self::One(a) => accepted.contains(a),
-            Self::Many(list) => list.iter().any(|a| accepted.contains(a)),
-        }
-    }
-}
-
 fn rsa_algorithm(algorithm: Algorithm) -> Rsa {
     match algorithm {
         Algorithm::Rs256 => Rsa::rs256(),
@@ -161,17 +148,18 @@ pub fn signing_digest(token: &str) -> [u8; 32] {
 /// Verifies a JWT access token and returns who it speaks for.
 /// `now` is seconds since the epoch, from the host clock.
 pub fn verify(token: &str, keys: &KeySet, rules: &ClaimRules<'_>, now: u64) -> Result<Principal, JwtError> {
-    verify_with_digest(token, &signing_digest(token), keys, rules, now)
+    verify_with_digest(token, &signing_digest(token), keys, rules, now).map(|(principal, _)| principal)
 }
 
-/// [`verify`] with the [`signing_digest`] already computed.
+/// [`verify`] with the [`signing_digest`] already computed; also says which
+/// key material verified the signature.
 pub fn verify_with_digest(
     token: &str,
     digest: &[u8; 32],
     keys: &KeySet,
     rules: &ClaimRules<'_>,
     now: u64,
-) -> Result<Principal, JwtError> {
+) -> Result<(Principal, KeyMaterial), JwtError> {
     let untrusted = UntrustedToken::<ExtraHeader>::try_from(token).map_err(|e| match e {
         ParseError::InvalidTokenStructure => JwtError::NotAJwt,
         ParseError::InvalidBase64Encoding => JwtError::NotBase64,
@@ -240,15 +228,19 @@ pub fn verify_with_digest(
         return Err(JwtError::AudienceNotAccepted);
     }
     let custom = claims.custom;
-    Ok(Principal {
+    let principal = Principal {
         kind: PrincipalKind::Jwt,
         client_id: custom.client_id,
         subject: custom.sub,
         client_db: custom.client_db,
         system_user: custom.client_system_user,
-        scopes: custom.scope.map(ScopeClaim::into_scopes).unwrap_or_default(),
+        scopes: match custom.scope {
+            Some(claim) => claim.into_scopes().map_err(|_| JwtError::MalformedScope)?,
+            None => Vec::new(),
+        },
         expires_at: u64::try_from(exp).unwrap_or(0),
-    })
+    };
+    Ok((principal, key.material))
 }
 
 #[cfg(test)]
@@ -386,6 +378,18 @@ mod tests {
         let config = testkit::config_from(|d| d["require_at_jwt_typ"] = json!(false));
         let t = testkit::token_with(|h, _| h["typ"] = json!("JWT"));
         assert!(verify(&t, &config.inline_keys, &testkit::rules(&config), NOW).is_ok());
+    }
+
+    #[test]
+    fn scope_elements_that_are_not_scope_tokens_are_rejected() {
+        for scope in [
+            json!(["read", "update delete"]),
+            json!(["read", ""]),
+            json!("read\nupdate"),
+        ] {
+            let t = testkit::token_with(|_, c| c["scope"] = scope.clone());
+            assert_eq!(invalid(&t), JwtError::MalformedScope, "{scope}");
+        }
     }
 
     #[test]

@@ -42,6 +42,12 @@ pub struct RemoteJwksConfig {
     /// Largest JWKS accepted, in bytes. Default 65536.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: usize,
+    /// How long fetched keys are trusted without a good fetch, in seconds:
+    /// past it, JWTs signed by them get 503 rather than being checked
+    /// against keys the identity service may have withdrawn. Default 86400;
+    /// 60 to 604800.
+    #[serde(default = "default_max_stale")]
+    pub max_stale_seconds: u64,
 }
 
 fn default_path() -> String {
@@ -58,6 +64,9 @@ fn default_cooldown() -> u64 {
 }
 fn default_max_bytes() -> usize {
     65_536
+}
+fn default_max_stale() -> u64 {
+    86_400
 }
 
 /// First retry after a failed fetch; doubles up to the refresh period.
@@ -98,6 +107,11 @@ impl RemoteJwksConfig {
                     "max_bytes",
                     (1024..=1 << 20).contains(&self.max_bytes),
                     "must be between 1024 and 1048576",
+                ),
+                (
+                    "max_stale_seconds",
+                    (60..=604_800).contains(&self.max_stale_seconds),
+                    "must be between 60 and 604800",
                 ),
             ],
         )
@@ -169,10 +183,12 @@ pub struct FetchState {
     /// The number of the last completed fetch: a request that arrived when
     /// fewer had been claimed may trust its result.
     pub completed: u64,
+    /// When the last good set was fetched (ms); 0: never.
+    pub last_good_ms: u64,
 }
 
 impl FetchState {
-    const BYTES: usize = 44;
+    const BYTES: usize = 52;
 
     fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(Self::BYTES);
@@ -182,6 +198,7 @@ impl FetchState {
         v.extend_from_slice(&self.last_forced_ms.to_be_bytes());
         v.extend_from_slice(&self.claimed.to_be_bytes());
         v.extend_from_slice(&self.completed.to_be_bytes());
+        v.extend_from_slice(&self.last_good_ms.to_be_bytes());
         v
     }
 
@@ -197,6 +214,7 @@ impl FetchState {
             last_forced_ms: u64_at(20)?,
             claimed: u64_at(28)?,
             completed: u64_at(36)?,
+            last_good_ms: u64_at(44)?,
         })
     }
 }
@@ -230,6 +248,7 @@ pub struct KeySync {
     refresh_ms: u64,
     timeout_ms: u64,
     cooldown_ms: u64,
+    max_stale_ms: u64,
 }
 
 impl KeySync {
@@ -240,6 +259,7 @@ impl KeySync {
             refresh_ms: config.refresh_seconds.saturating_mul(1000),
             timeout_ms: config.timeout_ms,
             cooldown_ms: config.unknown_kid_cooldown_seconds.saturating_mul(1000),
+            max_stale_ms: config.max_stale_seconds.saturating_mul(1000),
         }
     }
 
@@ -302,19 +322,32 @@ impl KeySync {
         store.set(&self.state_key, &state.encode(), Some(cas.unwrap_or(0)))
     }
 
-    /// Records a fetch's outcome. A good set (its raw JWKS) is published with
-    /// a new version; a failure keeps the old set and backs off.
-    pub fn finish(&self, store: &dyn SharedStore, now_ms: u64, fetched: Option<&[u8]>) {
+    /// Records a fetch's outcome. A good set (its raw JWKS and the
+    /// [`KeySet::digest`] of its usable keys) is published with a new
+    /// version only when its keys differ from the published ones, so an
+    /// unchanged set costs the workers nothing; a failure keeps the old set
+    /// and backs off.
+    pub fn finish(&self, store: &dyn SharedStore, now_ms: u64, fetched: Option<(&[u8], [u8; 32])>) {
         let (mut state, _) = self.state(store);
         state.in_flight_until_ms = 0;
         state.completed = state.claimed;
         match fetched {
-            Some(jwks) => {
-                let version = self.published_version(store).saturating_add(1);
-                let mut value = version.to_be_bytes().to_vec();
-                value.extend_from_slice(jwks);
-                store.set(&self.set_key, &value, None);
+            Some((jwks, digest)) => {
+                let published = store.get(&self.set_key).0;
+                let (version, same) = published
+                    .as_deref()
+                    .and_then(|v| Some((v.get(..8)?.try_into().ok()?, v.get(8..40)?)))
+                    .map_or((0, false), |(version, old)| {
+                        (u64::from_be_bytes(version), old == digest)
+                    });
+                if !same {
+                    let mut value = version.saturating_add(1).to_be_bytes().to_vec();
+                    value.extend_from_slice(&digest);
+                    value.extend_from_slice(jwks);
+                    store.set(&self.set_key, &value, None);
+                }
                 state.failures = 0;
+                state.last_good_ms = now_ms;
                 state.next_fetch_ms = now_ms.saturating_add(self.refresh_ms);
             }
             None => {
@@ -326,19 +359,19 @@ impl KeySync {
         store.set(&self.state_key, &state.encode(), None);
     }
 
-    fn published_version(&self, store: &dyn SharedStore) -> u64 {
-        store
-            .get(&self.set_key)
-            .0
-            .and_then(|v| v.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes))
-            .unwrap_or(0)
-    }
-
     /// The published set if its version differs from `known`.
     pub fn newer_than(&self, store: &dyn SharedStore, known: u64) -> Option<(u64, Vec<u8>)> {
         let value = store.get(&self.set_key).0?;
         let version = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
-        (version != known).then(|| (version, value[8..].to_vec()))
+        (version != known).then(|| (version, value.get(40..).unwrap_or_default().to_vec()))
+    }
+
+    /// Whether the last good fetch is older than `max_stale_seconds`: keys
+    /// that old are no longer trusted (the identity service may have
+    /// withdrawn them).
+    pub fn is_stale(&self, store: &dyn SharedStore, now_ms: u64) -> bool {
+        let state = self.state(store).0;
+        state.last_good_ms == 0 || now_ms >= state.last_good_ms.saturating_add(self.max_stale_ms)
     }
 }
 
@@ -368,6 +401,7 @@ mod tests {
         assert_eq!(c.timeout_ms, 2000);
         assert_eq!(c.unknown_kid_cooldown_seconds, 30);
         assert_eq!(c.max_bytes, 65_536);
+        assert_eq!(c.max_stale_seconds, 86_400);
         assert!(c.validate().is_ok());
     }
 
@@ -377,7 +411,7 @@ mod tests {
         let s = sync();
         assert!(s.try_claim(&store, Reason::Periodic, 1_000));
         assert!(!s.try_claim(&store, Reason::Periodic, 1_001), "in flight");
-        s.finish(&store, 1_200, Some(b"{\"keys\":[]}"));
+        s.finish(&store, 1_200, Some((b"{\"keys\":[]}", [1; 32])));
         assert!(!s.try_claim(&store, Reason::Periodic, 5_000), "not due");
         assert!(s.try_claim(&store, Reason::Periodic, 11_200), "due after the period");
     }
@@ -388,19 +422,39 @@ mod tests {
         let s = sync();
         assert_eq!(s.newer_than(&store, 0), None);
         s.try_claim(&store, Reason::Periodic, 0);
-        s.finish(&store, 10, Some(b"jwks-1"));
+        s.finish(&store, 10, Some((b"jwks-1", [1; 32])));
         let (v1, body) = s.newer_than(&store, 0).unwrap();
         assert_eq!((v1, body.as_slice()), (1, &b"jwks-1"[..]));
         assert_eq!(s.newer_than(&store, v1), None, "unchanged: nothing to re-parse");
-        s.finish(&store, 20, Some(b"jwks-2"));
+        s.finish(&store, 20, Some((b"jwks-2", [2; 32])));
         assert_eq!(s.newer_than(&store, v1).unwrap().0, 2);
+        s.finish(&store, 30, Some((b"jwks-2, reordered", [2; 32])));
+        assert_eq!(s.newer_than(&store, 2), None, "the same keys: no new version");
+    }
+
+    #[test]
+    fn keys_go_stale_without_a_good_fetch() {
+        let store = MemoryStore::default();
+        let c: RemoteJwksConfig = serde_json::from_value(serde_json::json!({
+            "cluster": "identity", "authority": "idp", "max_stale_seconds": 60
+        }))
+        .unwrap();
+        let s = KeySync::new("t", &c);
+        assert!(s.is_stale(&store, 0), "never fetched");
+        s.finish(&store, 1_000, Some((b"good", [1; 32])));
+        assert!(!s.is_stale(&store, 60_999));
+        s.finish(&store, 30_000, None);
+        assert!(!s.is_stale(&store, 60_999), "a failure keeps the last good time");
+        assert!(s.is_stale(&store, 61_000));
+        s.finish(&store, 61_000, Some((b"good", [1; 32])));
+        assert!(!s.is_stale(&store, 61_001), "fresh again, even unchanged");
     }
 
     #[test]
     fn failure_keeps_the_set_and_backs_off() {
         let store = MemoryStore::default();
         let s = sync();
-        s.finish(&store, 0, Some(b"good"));
+        s.finish(&store, 0, Some((b"good", [1; 32])));
         s.try_claim(&store, Reason::Periodic, 10_000);
         s.finish(&store, 10_000, None);
         assert_eq!(s.newer_than(&store, 0).unwrap().1, b"good");
@@ -415,10 +469,10 @@ mod tests {
     fn unknown_kid_forces_a_fetch_once_per_cooldown() {
         let store = MemoryStore::default();
         let s = sync();
-        s.finish(&store, 0, Some(b"good"));
+        s.finish(&store, 0, Some((b"good", [1; 32])));
         assert!(s.may_force(&store, 1_000));
         assert!(s.try_claim(&store, Reason::UnknownKid, 1_000));
-        s.finish(&store, 1_100, Some(b"good"));
+        s.finish(&store, 1_100, Some((b"good", [1; 32])));
         for t in [1_200, 10_000, 30_999] {
             assert!(!s.may_force(&store, t));
             assert!(!s.try_claim(&store, Reason::UnknownKid, t), "{t}");

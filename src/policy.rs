@@ -8,6 +8,7 @@
 use serde::Deserialize;
 
 use crate::config_error::ConfigError;
+use crate::principal::is_scope_token;
 use crate::rejection::Rejection;
 
 /// One rule as written in the configuration.
@@ -34,6 +35,11 @@ pub struct RouteRule {
     /// Scopes of which the token must have at least one.
     #[serde(default)]
     pub any_of: Vec<String>,
+    /// Match the path ignoring ASCII case, for upstreams that route
+    /// case-insensitively (ASP.NET does): `/API/Domain/` then takes this
+    /// rule too. Default false: paths compare exactly.
+    #[serde(default)]
+    pub case_insensitive: bool,
 }
 
 /// What happens to a request that matches no rule.
@@ -66,6 +72,7 @@ pub enum Access {
 #[derive(Debug, Clone)]
 struct Rule {
     path: PathMatch,
+    case_insensitive: bool,
     methods: Option<Vec<String>>,
     access: Access,
 }
@@ -107,9 +114,14 @@ impl Policy {
         self.rules
             .iter()
             .find(|r| {
-                let path_ok = match &r.path {
-                    PathMatch::Prefix(p) => path.starts_with(p.as_str()),
-                    PathMatch::Exact(p) => path == p,
+                let path_ok = match (&r.path, r.case_insensitive) {
+                    (PathMatch::Prefix(p), false) => path.starts_with(p.as_str()),
+                    (PathMatch::Exact(p), false) => path == p,
+                    (PathMatch::Prefix(p), true) => path
+                        .as_bytes()
+                        .get(..p.len())
+                        .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes())),
+                    (PathMatch::Exact(p), true) => path.eq_ignore_ascii_case(p),
                 };
                 path_ok && r.methods.as_ref().is_none_or(|m| m.iter().any(|m| m == method))
             })
@@ -139,13 +151,6 @@ impl Access {
         }
         Ok(())
     }
-}
-
-/// RFC 6749 scope-token characters: printable ASCII but space, `"` and `\`.
-fn is_scope_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
 fn compile(i: usize, r: RouteRule) -> Result<Rule, ConfigError> {
@@ -207,7 +212,12 @@ fn compile(i: usize, r: RouteRule) -> Result<Rule, ConfigError> {
             any_of: r.any_of,
         }
     };
-    Ok(Rule { path, methods, access })
+    Ok(Rule {
+        path,
+        case_insensitive: r.case_insensitive,
+        methods,
+        access,
+    })
 }
 
 #[cfg(test)]
@@ -333,5 +343,32 @@ mod tests {
         let p = policy(json!([{"prefix": "/", "methods": ["get"], "all_of": []}])).unwrap();
         assert!(p.access("GET", "/").is_ok());
         assert!(p.access("POST", "/").is_err());
+    }
+
+    #[test]
+    fn paths_compare_exactly_unless_the_rule_says_otherwise() {
+        let p = domain_api();
+        assert_eq!(
+            p.access("GET", "/API/Domain/odata/x").unwrap_err(),
+            Rejection::RouteNotAllowed
+        );
+        let p = policy(json!([
+            {"prefix": "/api/domain/", "methods": ["GET"], "all_of": ["read"], "case_insensitive": true},
+            {"exact": "/Health", "public": true, "case_insensitive": true},
+        ]))
+        .unwrap();
+        assert!(p.access("GET", "/API/Domain/odata/x").unwrap().check(&["read"]).is_ok());
+        assert!(p
+            .access("GET", "/API/Domain/odata/x")
+            .unwrap()
+            .check(&["update"])
+            .is_err());
+        assert_eq!(p.access("GET", "/HEALTH").unwrap(), &Access::Public);
+        assert_eq!(p.access("GET", "/api/dom").unwrap_err(), Rejection::RouteNotAllowed);
+        assert_eq!(
+            p.access("GET", "/ap\u{e9}").unwrap_err(),
+            Rejection::RouteNotAllowed,
+            "no panic on a char boundary"
+        );
     }
 }

@@ -38,15 +38,34 @@ impl Default for IdentityHeaders {
     }
 }
 
+/// Whether a header name is `target` (lower-case, with dashes) to a
+/// framework that ignores case and reads `_` as `-`.
+pub fn same_header_name(name: &str, target: &str) -> bool {
+    name.len() == target.len()
+        && name
+            .bytes()
+            .zip(target.bytes())
+            .all(|(a, b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
+}
+
 impl IdentityHeaders {
-    /// The identity headers a client sent itself, by configured name, to be
-    /// removed before anything else happens.
+    /// The headers a client sent that look like identity headers, as the
+    /// request names them, to be removed before anything else happens: every
+    /// name that, with `_` read as `-` (some frameworks do), starts with
+    /// `x-erp-` or is a configured identity-header name.
     pub fn client_copies(&self, headers: &[(&str, &str)]) -> Vec<String> {
-        self.names()
-            .into_iter()
-            .filter(|name| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)))
+        let looks_like = |name: &str| {
+            name.get(..6).is_some_and(|head| same_header_name(head, "x-erp-"))
+                || self.names().into_iter().any(|target| same_header_name(name, target))
+        };
+        let mut copies: Vec<String> = headers
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| looks_like(n))
             .map(str::to_owned)
-            .collect()
+            .collect();
+        copies.dedup();
+        copies
     }
 
     /// All names, in a fixed order.
@@ -102,6 +121,24 @@ pub struct Principal {
     pub expires_at: u64,
 }
 
+/// `aud`: one audience or several (RFC 7519 §4.1.3).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    /// Whether any of these audiences is accepted (exact comparison).
+    pub fn any_in(&self, accepted: &[String]) -> bool {
+        match self {
+            Self::One(a) => accepted.contains(a),
+            Self::Many(list) => list.iter().any(|a| accepted.contains(a)),
+        }
+    }
+}
+
 /// Scope claim: ERP.net sends a JSON array, RFC 9068 and RFC 7662 a
 /// space-delimited string. Both are accepted.
 #[derive(Debug, Clone, Deserialize)]
@@ -111,11 +148,32 @@ pub enum ScopeClaim {
     Text(String),
 }
 
+/// RFC 6749 §3.3 scope-token characters: printable ASCII but space, `"`
+/// and `\`.
+pub fn is_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+/// A scope claim with an element that is not an RFC 6749 scope-token
+/// (`["read", "update delete"]`): refused, because an upstream that splits
+/// the scopes header would see scopes that were never granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MalformedScope;
+
 impl ScopeClaim {
-    pub fn into_scopes(self) -> Vec<String> {
-        match self {
-            Self::List(list) => list.into_iter().filter(|s| !s.is_empty()).collect(),
-            Self::Text(text) => text.split_ascii_whitespace().map(str::to_owned).collect(),
+    pub fn into_scopes(self) -> Result<Vec<String>, MalformedScope> {
+        let scopes: Vec<String> = match self {
+            Self::List(list) => list,
+            // RFC 6749: scope-tokens separated by single spaces; runs of
+            // spaces are tolerated, other whitespace is not.
+            Self::Text(text) => text.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        };
+        if scopes.iter().all(|s| is_scope_token(s)) {
+            Ok(scopes)
+        } else {
+            Err(MalformedScope)
         }
     }
 }
@@ -171,6 +229,7 @@ impl Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn principal() -> Principal {
         Principal {
@@ -201,6 +260,36 @@ mod tests {
     }
 
     #[test]
+    fn client_copies_of_identity_headers_are_found_in_every_spelling() {
+        let names = IdentityHeaders {
+            client_id: "x-caller-id".into(),
+            ..IdentityHeaders::default()
+        };
+        let headers = [
+            ("x-erp-client-id", "a"),
+            ("x_erp_subject", "b"),
+            ("X-ERP-Anything", "c"),
+            ("x_erp_client_id", "d"),
+            ("x-caller-id", "e"),
+            ("x_caller_id", "f"),
+            ("x-erpx", "g"),
+            ("x-caller-identity", "h"),
+            ("authorization", "i"),
+        ];
+        assert_eq!(
+            names.client_copies(&headers),
+            [
+                "x-erp-client-id",
+                "x_erp_subject",
+                "X-ERP-Anything",
+                "x_erp_client_id",
+                "x-caller-id",
+                "x_caller_id"
+            ]
+        );
+    }
+
+    #[test]
     fn a_claim_with_a_newline_is_refused() {
         let mut p = principal();
         p.client_id = Some("a\r\nx-erp-subject: admin".into());
@@ -211,7 +300,22 @@ mod tests {
     fn scope_may_be_array_or_string() {
         let list: ScopeClaim = serde_json::from_str(r#"["read","update"]"#).unwrap();
         let text: ScopeClaim = serde_json::from_str(r#""read  update""#).unwrap();
-        assert_eq!(list.into_scopes(), ["read", "update"]);
-        assert_eq!(text.into_scopes(), ["read", "update"]);
+        assert_eq!(list.into_scopes(), Ok(vec!["read".to_owned(), "update".to_owned()]));
+        assert_eq!(text.into_scopes(), Ok(vec!["read".to_owned(), "update".to_owned()]));
+    }
+
+    #[test]
+    fn scope_elements_must_be_scope_tokens() {
+        for bad in [
+            json!(["read", "update delete"]),
+            json!(["read", ""]),
+            json!(["read\"x"]),
+            json!(["read\ndelete"]),
+            json!("read\tupdate"),
+            json!("read \u{e9}"),
+        ] {
+            let claim: ScopeClaim = serde_json::from_value(bad.clone()).unwrap();
+            assert_eq!(claim.into_scopes(), Err(MalformedScope), "{bad}");
+        }
     }
 }

@@ -19,6 +19,10 @@ pub enum Rejection {
     /// A credential that is not a token at all (empty, spaces, bad
     /// characters): 400 `invalid_request`.
     MalformedCredential(&'static str),
+    /// A request the filter will not pass on whatever its credential: a
+    /// method not in canonical (upper-case) form, a method or URL override
+    /// header. 400 `invalid_request`.
+    InvalidRequest(&'static str),
     /// The token is not valid: bad signature, expired, wrong issuer or
     /// audience, unknown key, revoked, ... 401 `invalid_token`.
     InvalidToken(&'static str),
@@ -51,7 +55,9 @@ impl Rejection {
     pub fn error_code(&self) -> Option<&'static str> {
         match self {
             Self::MissingCredential | Self::UnsupportedScheme | Self::Unavailable(_) => None,
-            Self::MultipleCredentials | Self::MalformedCredential(_) => Some("invalid_request"),
+            Self::MultipleCredentials | Self::MalformedCredential(_) | Self::InvalidRequest(_) => {
+                Some("invalid_request")
+            }
             Self::InvalidToken(_) => Some("invalid_token"),
             Self::InsufficientScope { .. } | Self::RouteNotAllowed => Some("insufficient_scope"),
         }
@@ -60,7 +66,7 @@ impl Rejection {
     pub fn status(&self) -> u32 {
         match self {
             Self::MissingCredential | Self::UnsupportedScheme | Self::InvalidToken(_) => 401,
-            Self::MultipleCredentials | Self::MalformedCredential(_) => 400,
+            Self::MultipleCredentials | Self::MalformedCredential(_) | Self::InvalidRequest(_) => 400,
             Self::InsufficientScope { .. } | Self::RouteNotAllowed => 403,
             Self::Unavailable(_) => 503,
         }
@@ -74,7 +80,7 @@ impl Rejection {
             Self::MultipleCredentials => {
                 "more than one credential: use exactly one of Authorization or an API key header"
             }
-            Self::MalformedCredential(d) | Self::InvalidToken(d) | Self::Unavailable(d) => d,
+            Self::MalformedCredential(d) | Self::InvalidRequest(d) | Self::InvalidToken(d) | Self::Unavailable(d) => d,
             Self::InsufficientScope { .. } => "the token does not grant the scope this request needs",
             Self::RouteNotAllowed => "no access rule allows this request",
         }

@@ -72,10 +72,13 @@ impl PreparedKey {
     /// when the exponent is not 65537 or the modulus is not an odd number of
     /// 2048 to 4096 bits: the caller then uses the general path.
     pub fn new(modulus: &[u8], exponent: &[u8]) -> Option<Self> {
-        let exponent = exponent
-            .iter()
-            .skip_while(|b| **b == 0)
-            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+        let significant: Vec<u8> = exponent.iter().skip_while(|b| **b == 0).copied().collect();
+        // Longer exponents would lose their high bytes in the fold below
+        // (and could fold to 65537): refused before folding.
+        if significant.len() > 4 {
+            return None;
+        }
+        let exponent = significant.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
         if exponent != u64::from(F4) {
             return None;
         }
@@ -131,6 +134,19 @@ fn is_pkcs1_sha256(em: &[u8], digest: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_exponent_longer_than_four_bytes_is_refused_before_it_is_folded() {
+        let modulus = [0xffu8; 256];
+        // 2^64 + 65537: folding it into a u64 would give 65537.
+        let long = [1u8, 0, 0, 0, 0, 0, 1, 0, 1];
+        assert!(PreparedKey::new(&modulus, &long).is_none());
+        assert!(
+            PreparedKey::new(&modulus, &[0, 0, 0, 0, 0, 1, 0, 1]).is_some(),
+            "leading zeros are fine"
+        );
+        assert!(PreparedKey::new(&modulus, &[1, 0, 1]).is_some());
+    }
+
     use super::*;
     use rsa::pkcs1v15::{Signature, SigningKey, VerifyingKey};
     use rsa::signature::{SignatureEncoding, Signer, Verifier};

@@ -57,9 +57,13 @@ impl serde::Serialize for Secret {
     }
 }
 
+/// A secret of the wrong type is refused without its value in the message
+/// (serde's own message would quote it).
 impl<'de> serde::Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Self)
+        String::deserialize(d)
+            .map(Self)
+            .map_err(|_| serde::de::Error::custom("must be a string (its value is not shown)"))
     }
 }
 

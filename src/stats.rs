@@ -19,6 +19,9 @@ pub enum Stat {
     Introspections,
     /// Reference tokens answered from a cache (shared or this worker's).
     ReferenceCacheHits,
+    /// Requests refused with 503 because the introspection budget of the
+    /// second was spent.
+    IntrospectionsOverBudget,
     /// Good key sets fetched.
     JwksFetches,
     /// Key fetches that failed (the last good set is kept).
@@ -26,7 +29,7 @@ pub enum Stat {
 }
 
 impl Stat {
-    pub const ALL: [Stat; 9] = [
+    pub const ALL: [Stat; 10] = [
         Self::Allowed,
         Self::Denied400,
         Self::Denied401,
@@ -34,6 +37,7 @@ impl Stat {
         Self::Unavailable503,
         Self::Introspections,
         Self::ReferenceCacheHits,
+        Self::IntrospectionsOverBudget,
         Self::JwksFetches,
         Self::JwksFetchFailures,
     ];
@@ -47,6 +51,7 @@ impl Stat {
             Self::Unavailable503 => "unavailable_503",
             Self::Introspections => "introspections",
             Self::ReferenceCacheHits => "reference_cache_hits",
+            Self::IntrospectionsOverBudget => "introspections_over_budget",
             Self::JwksFetches => "jwks_fetches",
             Self::JwksFetchFailures => "jwks_fetch_failures",
         }

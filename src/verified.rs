@@ -5,9 +5,10 @@
 //!   compared on every hit) → the identity its verification produced, so a
 //!   repeated token skips signature work. The digest is the one the RS256
 //!   check needs anyway: one hash per request. Entries live until the
-//!   token's `exp` plus the clock skew the verifier allows, and the owner
-//!   clears them whenever the signing keys change, so a retired key stops
-//!   working at the next key refresh, cached or not.
+//!   token's `exp` plus the clock skew the verifier allows; when the signing
+//!   keys change, the entries of keys that changed or disappeared are
+//!   dropped, so a retired key stops working at the next key refresh, cached
+//!   or not, while tokens of unchanged keys stay remembered.
 //! - Reference tokens: SHA-256 of the token → the identity of an active
 //!   answer from the shared cache (or the callout that filled it), until
 //!   that shared entry's own expiry, so a worker reads and parses a token's
@@ -20,6 +21,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use crate::jwks::KeyMaterial;
 use crate::principal::Identity;
 use crate::secret::TokenHash;
 
@@ -34,6 +36,8 @@ pub struct VerifiedCache {
 #[derive(Debug)]
 struct Entry {
     check: Box<str>,
+    /// The material of the key that verified a JWT (`None`: a reference token).
+    key: Option<KeyMaterial>,
     identity: Rc<Identity>,
     /// Last second (since the epoch) the entry may be used.
     until: u64,
@@ -78,7 +82,14 @@ impl VerifiedCache {
 
     /// Remembers an identity until second `until`. A full cache is emptied
     /// first: bounded memory without bookkeeping on the hot path.
-    pub fn insert(&mut self, hash: TokenHash, check: &str, identity: Rc<Identity>, until: u64) {
+    pub fn insert(
+        &mut self,
+        hash: TokenHash,
+        check: &str,
+        key: Option<KeyMaterial>,
+        identity: Rc<Identity>,
+        until: u64,
+    ) {
         if self.capacity == 0 {
             return;
         }
@@ -87,15 +98,17 @@ impl VerifiedCache {
         }
         let entry = Entry {
             check: check.into(),
+            key,
             identity,
             until,
         };
         self.entries.insert(hash, entry);
     }
 
-    /// Forgets everything (the signing keys changed).
-    pub fn clear(&mut self) {
-        self.entries.clear();
+    /// Forgets the tokens verified by keys that are gone (the signing keys
+    /// changed): `keep` says which key material is still trusted.
+    pub fn retain_keys(&mut self, keep: impl Fn(&KeyMaterial) -> bool) {
+        self.entries.retain(|_, e| e.key.as_ref().is_none_or(&keep));
     }
 
     pub fn len(&self) -> usize {
@@ -133,7 +146,7 @@ mod tests {
     fn entries_live_until_their_expiry() {
         let mut c = VerifiedCache::new(10);
         let h = hash_token("a.b.c");
-        c.insert(h, "sig", principal(100), 160);
+        c.insert(h, "sig", None, principal(100), 160);
         assert!(c.get(&h, "sig", 160).is_some());
         assert!(c.get(&h, "sig", 161).is_none());
     }
@@ -142,7 +155,7 @@ mod tests {
     fn the_same_payload_with_another_signature_is_not_a_hit() {
         let mut c = VerifiedCache::new(10);
         let h = hash_token("a.b");
-        c.insert(h, "good", principal(100), 100);
+        c.insert(h, "good", None, principal(100), 100);
         assert!(c.get(&h, "forged", 0).is_none());
         assert!(c.get(&h, "", 0).is_none());
     }
@@ -151,7 +164,7 @@ mod tests {
     fn the_cache_stays_bounded() {
         let mut c = VerifiedCache::new(100);
         for i in 0..10_000 {
-            c.insert(hash_token(&i.to_string()), "s", principal(100), 100);
+            c.insert(hash_token(&i.to_string()), "s", None, principal(100), 100);
             assert!(c.len() <= 100);
         }
     }
@@ -159,7 +172,23 @@ mod tests {
     #[test]
     fn zero_capacity_disables_it() {
         let mut c = VerifiedCache::new(0);
-        c.insert(hash_token("a"), "s", principal(100), 100);
+        c.insert(hash_token("a"), "s", None, principal(100), 100);
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn only_entries_of_keys_that_are_gone_are_forgotten() {
+        let mut c = VerifiedCache::new(10);
+        let (kept, gone) = ([1u8; 32], [2u8; 32]);
+        c.insert(hash_token("a"), "s", Some(kept), principal(100), 100);
+        c.insert(hash_token("b"), "s", Some(gone), principal(100), 100);
+        c.insert(hash_token("enrt_c"), "", None, principal(100), 100);
+        c.retain_keys(|m| *m == kept);
+        assert!(c.get(&hash_token("a"), "s", 0).is_some());
+        assert!(c.get(&hash_token("b"), "s", 0).is_none());
+        assert!(
+            c.get(&hash_token("enrt_c"), "", 0).is_some(),
+            "reference answers do not depend on keys"
+        );
     }
 }

@@ -27,7 +27,7 @@ use crate::cache::{last_usable_second, Claim, Flight, ReferenceCache};
 use crate::config::Config;
 use crate::decision::{Allowed, Engine, PendingJwt, PendingReference, RequestHead, Step, Verdict};
 use crate::host::{Callout, CalloutResponse, Now, SharedStore};
-use crate::introspection::{self, Answer, UNAVAILABLE};
+use crate::introspection::{self, Answer, AnswerRules, OVER_BUDGET, UNAVAILABLE};
 use crate::jwks::KeySet;
 use crate::jwt::JwtError;
 use crate::key_refresh::{KeySync, KeyWait, Reason, CLAIM_SLACK_MS};
@@ -145,8 +145,19 @@ impl Worker {
     /// `namespace` prefixes its shared-data keys.
     pub fn new(config: Config, root: ContextId) -> Self {
         let cache = config.introspection.as_ref().map(|i| {
+            // Two configurations share cached answers only when everything
+            // that decides an answer and its lifetime is the same.
+            let decides = format!(
+                "{}|{:?}|{:?}|{}|{}|{}",
+                i.client_id,
+                config.audiences,
+                config.issuers,
+                i.cache_max_ttl_seconds,
+                i.negative_cache_ttl_seconds,
+                i.cache_max_entries
+            );
             ReferenceCache::new(
-                &i.endpoint().namespace(""),
+                &i.endpoint().namespace(&decides),
                 i.cache_max_entries,
                 i.cache_max_ttl_seconds,
                 i.negative_cache_ttl_seconds,
@@ -410,12 +421,45 @@ impl Worker {
                 let token = pending.token().clone();
                 self.remote.insert(hash, RemoteWait { deadline_ms, token });
             }
-            Claim::Mine => out.push(Effect::Dispatch {
-                purpose: Purpose::Introspect(hash),
-                callout: config.callout(pending.token()),
-            }),
+            Claim::Mine => {
+                let token = pending.token().clone();
+                self.waiters.insert(hash, vec![Waiter { stream, pending }]);
+                return self.call_identity(hash, &token, now, store, out);
+            }
         }
         self.waiters.insert(hash, vec![Waiter { stream, pending }]);
+    }
+
+    /// Makes the introspection call for a claimed token if this second's
+    /// budget allows; otherwise releases the claim and answers its waiters
+    /// 503 without calling.
+    fn call_identity(
+        &mut self,
+        hash: TokenHash,
+        token: &Secret,
+        now: Now,
+        store: &dyn SharedStore,
+        out: &mut Vec<Effect>,
+    ) {
+        let engine = Rc::clone(&self.engine);
+        let (Some(cache), Some(config)) = (&self.cache, &engine.config().introspection) else {
+            return self.resolve(&hash, Err(&UNAVAILABLE), None, out);
+        };
+        if cache.spend(store, now.secs, config.max_calls_per_second) {
+            out.push(Effect::Dispatch {
+                purpose: Purpose::Introspect(hash),
+                callout: config.callout(token),
+            });
+            return;
+        }
+        cache.finish(store, &hash, None);
+        let refused = self.waiters.get(&hash).map_or(0, Vec::len);
+        out.extend((0..refused).map(|_| Effect::Count(Stat::IntrospectionsOverBudget)));
+        log::debug!(
+            "erp-edge-validator: introspection budget spent; {} not asked",
+            fingerprint(&hash)
+        );
+        self.resolve(&hash, Err(&OVER_BUDGET), None, out);
     }
 
     fn introspected(
@@ -438,7 +482,13 @@ impl Worker {
         let status = response.status();
         let answer = match response.body(config.max_response_bytes) {
             None => Err(UNAVAILABLE),
-            Some(body) => introspection::read_answer(status.as_deref(), &body, now.secs),
+            Some(body) => {
+                let rules = AnswerRules {
+                    audiences: &self.engine.config().audiences,
+                    issuers: &self.engine.config().issuers,
+                };
+                introspection::read_answer(status.as_deref(), &body, now.secs, rules)
+            }
         };
         let mut until = None;
         match &answer {
@@ -498,10 +548,7 @@ impl Worker {
         let deadline_ms = now.ms.saturating_add(config.timeout_ms).saturating_add(CLAIM_SLACK_MS);
         for (hash, token) in std::mem::take(&mut self.orphans) {
             if self.waiters.contains_key(&hash) {
-                out.push(Effect::Dispatch {
-                    purpose: Purpose::Introspect(hash),
-                    callout: config.callout(&token),
-                });
+                self.call_identity(hash, &token, now, store, out);
             }
         }
         let remote: Vec<(TokenHash, u64)> = self.remote.iter().map(|(h, r)| (*h, r.deadline_ms)).collect();
@@ -525,10 +572,7 @@ impl Worker {
                     Claim::Mine => {
                         if let Some(wait) = self.remote.remove(&hash) {
                             log::debug!("erp-edge-validator: taking over the call for {}", fingerprint(&hash));
-                            out.push(Effect::Dispatch {
-                                purpose: Purpose::Introspect(hash),
-                                callout: config.callout(&wait.token),
-                            });
+                            self.call_identity(hash, &wait.token, now, store, out);
                         }
                     }
                 },
@@ -552,7 +596,7 @@ impl Worker {
             out.push(conclude(stream, verdict));
             return;
         };
-        if self.refresh_keys(&sync, store) {
+        if self.refresh_keys(&sync, store, now) {
             let verdict = self.engine.finish_jwt(&pending, &self.keys, &mut self.memory, now.secs);
             if !is_unknown_key(&verdict) {
                 out.push(conclude(stream, verdict));
@@ -563,7 +607,7 @@ impl Worker {
         if !waiting_already && !sync.in_flight(store, now.ms) {
             if !sync.may_force(store, now.ms) {
                 let verdict = self.engine.finish_jwt(&pending, &self.keys, &mut self.memory, now.secs);
-                out.push(conclude(stream, verdict));
+                out.push(unknown_key_verdict(stream, verdict, &sync, store, now));
                 return;
             }
             self.force_key_fetch = true;
@@ -584,7 +628,16 @@ impl Worker {
     }
 
     /// Picks up a newly published key set. True when the keys changed.
-    fn refresh_keys(&mut self, sync: &KeySync, store: &dyn SharedStore) -> bool {
+    fn refresh_keys(&mut self, sync: &KeySync, store: &dyn SharedStore, now: Now) -> bool {
+        if sync.is_stale(store, now.ms) {
+            if self.key_version != 0 {
+                log::error!("erp-edge-validator: no good key fetch for `remote_jwks.max_stale_seconds`: fetched keys are no longer trusted");
+                self.use_keys(self.engine.config().inline_keys.clone());
+                // Any set published once fetches succeed again is taken.
+                self.key_version = 0;
+            }
+            return false;
+        }
         let Some((version, body)) = sync.newer_than(store, self.key_version) else {
             return false;
         };
@@ -592,9 +645,7 @@ impl Worker {
         match KeySet::from_json(&body, &self.engine.config().algorithms) {
             Ok(remote) => {
                 log::info!("erp-edge-validator: signing keys v{version}: {:?}", remote.kids());
-                self.keys = self.engine.config().inline_keys.merged(&remote);
-                // A retired key must stop working for cached tokens too.
-                self.memory.jwts.clear();
+                self.use_keys(self.engine.config().inline_keys.merged(&remote));
                 true
             }
             Err(e) => {
@@ -604,11 +655,19 @@ impl Worker {
         }
     }
 
+    /// Checks requests against `keys` from now on. Tokens verified by a key
+    /// that changed or disappeared are forgotten, so a retired key stops
+    /// working for remembered tokens too; the others stay remembered.
+    fn use_keys(&mut self, keys: KeySet) {
+        self.memory.jwts.retain_keys(|material| keys.has_material(material));
+        self.keys = keys;
+    }
+
     /// Picks up a published set, fetches when due (or forced), and decides
     /// the requests that waited for keys.
     fn tick_keys(&mut self, now: Now, store: &dyn SharedStore, out: &mut Vec<Effect>) {
         let Some(sync) = self.key_sync.clone() else { return };
-        self.refresh_keys(&sync, store);
+        self.refresh_keys(&sync, store, now);
         let forced = std::mem::take(&mut self.force_key_fetch);
         if !self.fetching_keys
             && ((forced && sync.try_claim(store, Reason::UnknownKid, now.ms))
@@ -646,7 +705,7 @@ impl Worker {
                     self.force_key_fetch = true;
                     still_waiting.push(waiter);
                 }
-                KeyWait::Idle => out.push(conclude(waiter.stream, verdict)),
+                KeyWait::Idle => out.push(unknown_key_verdict(waiter.stream, verdict, &sync, store, now)),
             }
         }
         self.key_waiters = still_waiting;
@@ -676,7 +735,7 @@ impl Worker {
                     log::warn!("erp-edge-validator: skipped signing keys: {}", keys.skipped_summary());
                 }
                 out.push(Effect::Count(Stat::JwksFetches));
-                sync.finish(store, now.ms, body.as_deref());
+                sync.finish(store, now.ms, body.as_deref().map(|b| (b, keys.digest())));
             }
             Err(e) => {
                 log::warn!("erp-edge-validator: signing key fetch failed, keeping the last good set: {e}");
@@ -741,6 +800,24 @@ fn conclude(stream: ContextId, verdict: Verdict) -> Effect {
         Verdict::Allow(allowed) => Effect::Allow { stream, allowed },
         Verdict::Deny(rejection) => Effect::Reply { stream, rejection },
     }
+}
+
+/// The final answer for a `kid` no fetch will bring: 401, unless the keys
+/// themselves are stale (then nobody can say, and it is 503).
+fn unknown_key_verdict(
+    stream: ContextId,
+    verdict: Verdict,
+    sync: &KeySync,
+    store: &dyn SharedStore,
+    now: Now,
+) -> Effect {
+    if is_unknown_key(&verdict) && sync.is_stale(store, now.ms) {
+        return Effect::Reply {
+            stream,
+            rejection: KEYS_UNAVAILABLE,
+        };
+    }
+    conclude(stream, verdict)
 }
 
 fn is_unknown_key(verdict: &Verdict) -> bool {

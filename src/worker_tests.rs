@@ -31,6 +31,10 @@ const REVOKED_PAT: &str = concat!(
     "enrt_",
     "3333333333333333333333333333333333333333333333333333333333333333"
 );
+const OTHER_API_PAT: &str = concat!(
+    "enrt_",
+    "4444444444444444444444444444444444444444444444444444444444444444"
+);
 const NEW_KID: &str = "rotated-key";
 
 fn rotated_key() -> &'static SigningKey {
@@ -51,6 +55,10 @@ fn old_token() -> &'static str {
 
 /// Keys and reference tokens both come from the identity service.
 fn config() -> Config {
+    config_with(|_| {})
+}
+
+fn config_with(patch: impl FnOnce(&mut Value)) -> Config {
     testkit::config_from(|d| {
         d.as_object_mut().unwrap().remove("jwks");
         d["remote_jwks"] = json!({
@@ -59,6 +67,7 @@ fn config() -> Config {
         });
         d["introspection"] = testkit::introspection_json();
         d["introspection"]["timeout_ms"] = json!(500);
+        patch(d);
     })
 }
 
@@ -103,14 +112,22 @@ struct Host {
     next_id: u32,
     ticks: Vec<Duration>,
     counts: HashMap<Stat, u32>,
-    /// The keys the identity service publishes.
+    /// The keys the identity service publishes: the first key, then both,
+    /// then the rotated one only.
     rotated: bool,
+    retired_old: bool,
     service: Service,
     refuse_dispatch: bool,
 }
 
 impl Host {
     fn new(workers: usize) -> Self {
+        Self::with_configs((0..workers).map(|_| config()).collect())
+    }
+
+    /// One worker per configuration, all in one VM (one shared store).
+    fn with_configs(configs: Vec<Config>) -> Self {
+        let workers = configs.len();
         let mut host = Self {
             store: MemoryStore::default(),
             workers: Vec::new(),
@@ -122,11 +139,12 @@ impl Host {
             ticks: vec![Duration::ZERO; workers],
             counts: HashMap::new(),
             rotated: false,
+            retired_old: false,
             service: Service::Truthful,
             refuse_dispatch: false,
         };
-        for w in 0..workers {
-            let mut worker = Worker::new(config(), 1000 + w as u32);
+        for (w, config) in configs.into_iter().enumerate() {
+            let mut worker = Worker::new(config, 1000 + w as u32);
             let effects = worker.start();
             host.workers.push(worker);
             host.run(w, 1000 + w as u32, effects);
@@ -246,12 +264,15 @@ impl Host {
                         json!({"active": true, "scope": "read", "exp": NOW + 3600, "client_id": "app", "sub": "u1"})
                     }
                     UPDATE_PAT => json!({"active": true, "scope": "update", "exp": NOW + 3600, "client_id": "app"}),
+                    OTHER_API_PAT => json!({"active": true, "scope": "read", "aud": "TableAPI", "exp": NOW + 3600}),
                     _ => json!({"active": false}),
                 };
                 ("200", answer)
             }
             Service::Truthful => {
-                let jwks = if self.rotated {
+                let jwks = if self.retired_old {
+                    tokens::jwks([rotated_key()])
+                } else if self.rotated {
                     tokens::jwks([testkit::key(), rotated_key()])
                 } else {
                     tokens::jwks([testkit::key()])
@@ -348,6 +369,18 @@ impl Host {
             }
         }
         panic!("requests still paused after 40 s: {:?}", self.paused());
+    }
+
+    /// Lets `ms` pass in 20 ms steps, ticking every worker and answering
+    /// every call.
+    fn run_for(&mut self, ms: u64) {
+        for _ in 0..ms / 20 {
+            self.answer_all();
+            self.advance(20);
+            for w in 0..self.workers.len() {
+                self.tick(w);
+            }
+        }
     }
 
     fn paused(&self) -> Vec<ContextId> {
@@ -486,7 +519,13 @@ fn answers_decide_by_the_route_and_the_token() {
     let update_on_get = host.request(0, UPDATE_PAT);
     let revoked = host.request(0, REVOKED_PAT);
     let post_with_update = host.request_with(0, "POST", UPDATE_PAT);
+    let other_api = host.request(0, OTHER_API_PAT);
     host.answer_all();
+    assert_eq!(
+        host.outcome(other_api),
+        Some(Outcome::Replied(401)),
+        "active, but for TableAPI"
+    );
     assert_eq!(host.outcome(update_on_get), Some(Outcome::Replied(403)));
     assert_eq!(host.outcome(revoked), Some(Outcome::Replied(401)));
     assert_eq!(host.outcome(post_with_update), Some(Outcome::Allowed));
@@ -640,6 +679,135 @@ fn debug_output_shows_no_token_and_no_secret() {
     assert!(!shown.contains(rotated_token()), "a JWT is shown");
     assert!(!shown.contains("eyJ"), "something shaped like a JWT is shown");
     assert!(shown.contains("Secret("), "the redaction is visible: {}", &shown[..200]);
+}
+
+#[test]
+fn two_configurations_in_one_vm_never_share_answers() {
+    let table_api = config_with(|d| d["audiences"] = json!(["TableAPI"]));
+    let mut host = Host::with_configs(vec![config(), table_api]).with_keys();
+    let domain = host.request(0, READ_PAT);
+    host.answer_all();
+    assert_eq!(host.outcome(domain), Some(Outcome::Allowed));
+    let table = host.request(1, READ_PAT);
+    assert_eq!(host.calls.len(), 1, "the other API asks for itself");
+    host.answer_all();
+    assert_eq!(host.outcome(table), Some(Outcome::Allowed));
+    assert_eq!(host.count(Stat::Introspections), 2);
+    // A longer lifetime elsewhere does not stretch this one's revocation delay.
+    let longer = config_with(|d| d["introspection"]["cache_max_ttl_seconds"] = json!(300));
+    let mut host = Host::with_configs(vec![config(), longer]).with_keys();
+    host.request(1, READ_PAT);
+    host.answer_all();
+    let mine = host.request(0, READ_PAT);
+    assert_eq!(host.calls.len(), 1);
+    assert_eq!(host.outcome(mine), None);
+}
+
+#[test]
+fn a_flood_of_unknown_tokens_is_held_to_the_budget() {
+    let budget = || config_with(|d| d["introspection"]["max_calls_per_second"] = json!(5));
+    let mut host = Host::with_configs(vec![budget(), budget()]).with_keys();
+    let cached = host.request(0, READ_PAT);
+    host.answer_all();
+    assert_eq!(host.outcome(cached), Some(Outcome::Allowed));
+    let spent_before = host.count(Stat::Introspections);
+    let flood: Vec<_> = (0..60)
+        .map(|i| host.request(i % 2, &format!("enrt_{:064x}", 0xF00D_0000_u64 + i as u64)))
+        .collect();
+    assert_eq!(
+        host.count(Stat::Introspections) - spent_before,
+        4,
+        "the budget, minus the call already made"
+    );
+    let refused = flood
+        .iter()
+        .filter(|s| host.outcome(**s) == Some(Outcome::Replied(503)))
+        .count();
+    assert_eq!(refused, 56, "the rest: 503 without a call");
+    assert_eq!(host.count(Stat::IntrospectionsOverBudget), 56);
+    let cached_again = host.request(1, READ_PAT);
+    assert_eq!(
+        host.outcome(cached_again),
+        Some(Outcome::Allowed),
+        "a cached token passes"
+    );
+    host.answer_all();
+    host.advance(1000);
+    let next_second = host.request_with(0, "POST", UPDATE_PAT);
+    assert_eq!(host.calls.len(), 1, "a new second, a new budget");
+    host.answer_all();
+    assert_eq!(host.outcome(next_second), Some(Outcome::Allowed));
+}
+
+#[test]
+fn an_unchanged_key_set_keeps_verified_tokens_and_a_changed_one_forgets_only_its_keys() {
+    let mut host =
+        Host::with_configs(vec![config_with(|d| d["remote_jwks"]["refresh_seconds"] = json!(1))]).with_keys();
+    host.rotated = true;
+    host.advance(1000);
+    host.tick(0);
+    host.answer_all();
+    host.tick(0);
+    host.request(0, old_token());
+    host.request(0, rotated_token());
+    assert_eq!(host.workers[0].memory.jwts.len(), 2);
+    let version = host.workers[0].key_version;
+    host.advance(1000);
+    host.tick(0);
+    assert_eq!(host.calls.len(), 1, "a periodic fetch");
+    host.answer_all();
+    host.tick(0);
+    assert_eq!(host.workers[0].key_version, version, "same keys, same version");
+    assert_eq!(host.workers[0].memory.jwts.len(), 2, "nothing forgotten");
+    // The identity service withdraws the old key: only its tokens are forgotten.
+    host.retired_old = true;
+    host.advance(1000);
+    host.tick(0);
+    host.answer_all();
+    host.tick(0);
+    assert_eq!(
+        host.workers[0].memory.jwts.len(),
+        1,
+        "the rotated key's token stays remembered"
+    );
+    let old = host.request(0, old_token());
+    host.settle();
+    assert_eq!(
+        host.outcome(old),
+        Some(Outcome::Replied(401)),
+        "the withdrawn key's token is refused"
+    );
+}
+
+#[test]
+fn stale_keys_are_not_trusted_past_max_stale_seconds() {
+    let stale_soon = config_with(|d| {
+        d["remote_jwks"]["refresh_seconds"] = json!(10);
+        d["remote_jwks"]["max_stale_seconds"] = json!(60);
+    });
+    let mut host = Host::with_configs(vec![stale_soon]).with_keys();
+    host.service = Service::Fails;
+    for _ in 0..59 {
+        host.advance(1000);
+        host.tick(0);
+        host.answer_all();
+    }
+    let fresh = host.request(0, old_token());
+    assert_eq!(host.outcome(fresh), Some(Outcome::Allowed), "59 s: still trusted");
+    host.advance(1000);
+    host.tick(0);
+    let stale = host.request(0, old_token());
+    host.settle();
+    assert_eq!(host.outcome(stale), Some(Outcome::Replied(503)));
+    host.service = Service::Truthful;
+    host.run_for(30_000);
+    let back = host.request(0, old_token());
+    host.settle();
+    assert_eq!(
+        host.outcome(back),
+        Some(Outcome::Allowed),
+        "a good fetch makes them trusted again"
+    );
 }
 
 /// One step of the host's life.
