@@ -194,7 +194,6 @@ impl Shared {
 }
 
 fn send_reply(rejection: &Rejection, realm: &str) {
-    log::debug!("erp-edge-validator: denied: {rejection}");
     let response = rejection.to_response(realm);
     let headers: Vec<(&str, &str)> = response.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     if let Err(status) = hostcalls::send_http_response(response.status, headers, Some(response.body.as_bytes())) {

@@ -228,6 +228,19 @@ impl Worker {
         };
         match self.engine.decide(head, &self.keys, &mut self.memory, now.secs) {
             Step::Done(verdict) => {
+                // Per-request lines are debug: at info a flood of bad tokens
+                // would become a flood of log writes. No query, no token.
+                if log::log_enabled!(log::Level::Debug) {
+                    let path = head.path.split('?').next().unwrap_or_default();
+                    match &verdict {
+                        Verdict::Allow(a) => log::debug!(
+                            "erp-edge-validator: allowed {} {path} client_id={:?}",
+                            head.method,
+                            a.principal().and_then(|p| p.client_id.as_deref())
+                        ),
+                        Verdict::Deny(r) => log::debug!("erp-edge-validator: denied {} {path}: {r}", head.method),
+                    }
+                }
                 if let Verdict::Allow(allowed) = &verdict {
                     // A reference token allowed at once: this worker
                     // remembered the shared cache's answer.
@@ -533,6 +546,9 @@ impl Worker {
             let verdict = self
                 .engine
                 .finish_reference(&waiter.pending, answer, &mut self.memory.references, until);
+            if let Verdict::Deny(r) = &verdict {
+                log::debug!("erp-edge-validator: denied {}: {r}", waiter.pending.fingerprint());
+            }
             out.push(conclude(waiter.stream, verdict));
         }
     }

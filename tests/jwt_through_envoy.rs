@@ -150,13 +150,28 @@ fn plain_jwt_typ_is_invalid_when_at_jwt_is_required() {
     assert_invalid_token(|s| token_with(s, |h, _| h["typ"] = json!("JWT")));
 }
 
+/// Up to the largest `max_token_bytes` (64 KiB) and beyond, a token still
+/// reaches the filter and gets a proper 401 rather than Envoy's bare 431.
 #[test]
-fn one_mebibyte_token_is_invalid() {
+fn a_token_past_the_largest_max_token_bytes_is_invalid_not_431() {
     assert_invalid_token(|s| {
         let token = s.idp.access_token(&["read"]);
         let (input, signature) = token.rsplit_once('.').unwrap();
-        format!("{input}{}.{signature}", "A".repeat(1 << 20))
+        format!("{input}{}.{signature}", "A".repeat(65_537))
     });
+}
+
+/// Past the header budget (96 KiB), Envoy refuses the request before the
+/// filter copies anything, and nothing reaches the upstream.
+#[test]
+fn a_one_mebibyte_token_is_refused_by_envoy_before_the_filter() {
+    let stack = stack();
+    let token = stack.idp.access_token(&["read"]);
+    let (input, signature) = token.rsplit_once('.').unwrap();
+    let huge = format!("{input}{}.{signature}", "A".repeat(1 << 20));
+    let r = stack.get(CUSTOMERS, &[("authorization", &bearer(&huge))]);
+    assert_eq!(r.status, 431, "{}", r.text());
+    assert_eq!(stack.echo.count(), 0);
 }
 
 #[test]

@@ -272,7 +272,11 @@ fn waiters_are_answered_when_the_request_that_made_the_call_hangs_up() {
 
 #[test]
 fn cache_keyspace_is_bounded_in_unit_tests_and_memory_is_flat_through_envoy() {
-    let stack = Arc::new(stack_with(json!({"introspection": {"cache_max_entries": 1000}})));
+    // Every token must be asked about (no budget in the way): this is about
+    // the keyspace bound, not the flood defence.
+    let stack = Arc::new(stack_with(
+        json!({"introspection": {"cache_max_entries": 1000, "max_calls_per_second": 100_000}}),
+    ));
     let allocated = |stack: &Stack| -> u64 {
         let r = erp_devstack::client::request(stack.envoy.admin, "GET", "/memory", &[], b"").unwrap();
         r.json()["allocated"].as_str().unwrap().parse().unwrap()

@@ -85,3 +85,13 @@ fn compose_configuration_is_the_rendered_template() {
         "envoy/envoy.compose.yaml is stale: run `make compose-config`"
     );
 }
+
+#[test]
+fn a_bad_client_secret_stops_envoy_without_its_value_in_the_log() {
+    let log = refused(json!({"introspection": {"client_secret": 918_273_645}}));
+    assert!(
+        log.contains("invalid configuration: field `introspection.client_secret`"),
+        "{log}"
+    );
+    assert!(!log.contains("918273645"), "the secret's value is in the log");
+}

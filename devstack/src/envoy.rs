@@ -64,25 +64,106 @@ pub fn merge(base: &mut Value, patch: &Value) {
 pub struct Placeholders {
     pub bind_address: String,
     pub listen_port: u16,
+    /// Loopback, except inside the compose file's container.
+    pub admin_address: String,
     pub admin_port: u16,
     pub upstream_host: String,
     pub upstream_port: u16,
     pub identity_host: String,
     pub identity_port: u16,
+    /// TLS to the identity service; `None` only as a development setting.
+    pub identity_tls: Option<IdentityTls>,
     pub wasm_path: String,
+    /// More listeners like the first, each with its own filter configuration
+    /// (the same VM, so the same shared data).
+    pub extra_listeners: Vec<ExtraListener>,
+}
+
+/// How Envoy checks the identity service's certificate.
+#[derive(Debug, Clone)]
+pub struct IdentityTls {
+    /// PEM file of the CA that must have signed it.
+    pub ca_path: String,
+    /// SNI, and the DNS name the certificate must carry.
+    pub server_name: String,
+}
+
+/// A second listener with another filter configuration.
+#[derive(Debug, Clone)]
+pub struct ExtraListener {
+    pub name: String,
+    pub port: u16,
+    pub filter_config: Value,
+}
+
+const LISTENER_BEGIN: &str = "  # listener: begin";
+const LISTENER_END: &str = "  # listener: end\n";
+
+/// The identity cluster's `transport_socket`, or the marked plaintext setting.
+fn identity_transport_socket(tls: Option<&IdentityTls>) -> String {
+    match tls {
+        None => "    # DEVELOPMENT ONLY: plaintext to the identity service (no transport_socket).\n    # Whoever sits on this path can forge keys and introspection answers.".into(),
+        Some(tls) => format!(
+            "    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: \"{name}\"
+        common_tls_context:
+          validation_context:
+            trusted_ca: {{ filename: \"{ca}\" }}
+            match_typed_subject_alt_names:
+            - san_type: DNS
+              matcher: {{ exact: \"{name}\" }}",
+            name = tls.server_name,
+            ca = tls.ca_path
+        ),
+    }
+}
+
+/// Copies of the first listener for `extra`, placed after it.
+fn with_extra_listeners(template: &str, extra: &[ExtraListener]) -> Result<String, Error> {
+    if extra.is_empty() {
+        return Ok(template.to_owned());
+    }
+    let begin = template
+        .find(LISTENER_BEGIN)
+        .ok_or("template: no listener begin marker")?;
+    let end = template.find(LISTENER_END).ok_or("template: no listener end marker")? + LISTENER_END.len();
+    let block = &template[begin..end];
+    let mut copies = String::new();
+    for listener in extra {
+        let literal = serde_json::to_string(&listener.filter_config.to_string())?;
+        copies.push_str(
+            &block
+                .replace("- name: domain_api", &format!("- name: {}", listener.name))
+                .replace("stat_prefix: domain_api", &format!("stat_prefix: {}", listener.name))
+                .replace("{{listen_port}}", &listener.port.to_string())
+                .replace("{{plugin_name}}", &format!("erp_edge_validator_{}", listener.name))
+                .replace("{{filter_config}}", &literal),
+        );
+    }
+    Ok(format!("{}{copies}{}", &template[..end], &template[end..]))
 }
 
 /// Fills `envoy/envoy.template.yaml`.
 pub fn render(placeholders: &Placeholders, filter_config: &Value) -> Result<String, Error> {
     let path = repo_root().join("envoy/envoy.template.yaml");
     let template = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let p = placeholders;
+    let template = with_extra_listeners(&template, &p.extra_listeners)?;
     // A JSON string is a valid YAML double-quoted scalar.
     let config_literal = serde_json::to_string(&filter_config.to_string())?;
-    let p = placeholders;
     let rendered = template
         .replace("{{bind_address}}", &p.bind_address)
         .replace("{{listen_port}}", &p.listen_port.to_string())
+        .replace("{{admin_address}}", &p.admin_address)
         .replace("{{admin_port}}", &p.admin_port.to_string())
+        .replace("{{plugin_name}}", "erp_edge_validator")
+        .replace(
+            "{{identity_transport_socket}}",
+            &identity_transport_socket(p.identity_tls.as_ref()),
+        )
         .replace("{{upstream_host}}", &p.upstream_host)
         .replace("{{upstream_port}}", &p.upstream_port.to_string())
         .replace("{{identity_host}}", &p.identity_host)
@@ -105,12 +186,19 @@ pub fn render_compose() -> Result<String, Error> {
         &Placeholders {
             bind_address: "0.0.0.0".into(),
             listen_port: 10000,
+            // The container's interface; published on the host's loopback only.
+            admin_address: "0.0.0.0".into(),
             admin_port: 9901,
             upstream_host: "upstream".into(),
             upstream_port: 9081,
             identity_host: "idp".into(),
             identity_port: 9080,
+            identity_tls: Some(IdentityTls {
+                ca_path: "/etc/erp-edge/identity-ca.pem".into(),
+                server_name: crate::tls::IDENTITY_NAME.into(),
+            }),
             wasm_path: "/etc/envoy/erp_edge_validator.wasm".into(),
+            extra_listeners: Vec::new(),
         },
         &config,
     )
@@ -232,11 +320,23 @@ impl Envoy {
     }
 
     fn find_listener(&self) -> Result<SocketAddr, Error> {
-        let listeners = client::request(self.admin, "GET", "/listeners?format=json", &[], b"")?.json();
-        let address = &listeners["listener_statuses"][0]["local_address"]["socket_address"];
-        let ip = address["address"].as_str().ok_or("no listener address")?;
-        let port = address["port_value"].as_u64().ok_or("no listener port")?;
-        Ok(format!("{ip}:{port}").parse()?)
+        self.listener_named("domain_api")
+            .ok_or_else(|| "no listener domain_api".into())
+    }
+
+    /// The address of the listener with this name.
+    pub fn listener_named(&self, name: &str) -> Option<SocketAddr> {
+        let listeners = client::request(self.admin, "GET", "/listeners?format=json", &[], b"")
+            .ok()?
+            .json();
+        let listener = listeners["listener_statuses"]
+            .as_array()?
+            .iter()
+            .find(|l| l["name"] == name)?;
+        let address = &listener["local_address"]["socket_address"];
+        format!("{}:{}", address["address"].as_str()?, address["port_value"].as_u64()?)
+            .parse()
+            .ok()
     }
 
     /// Everything Envoy logged so far.

@@ -28,9 +28,21 @@ use serde_json::{json, Value};
 use crate::server::{Handler, HttpServer, Request, Response};
 use crate::tokens::{self, Error, SigningKey};
 
-/// Client authentication the filter uses at the introspection endpoint.
+/// Client authentication the filter uses at the introspection endpoint
+/// (the API resource `DomainAPI`).
 pub const INTROSPECTION_CLIENT: &str = "erp-edge-validator";
 pub const INTROSPECTION_SECRET: &str = "edge-introspection-secret";
+/// A second API resource, for tests of two APIs behind one Envoy.
+pub const TABLE_API_CLIENT: &str = "table-api-validator";
+pub const TABLE_API_SECRET: &str = "table-introspection-secret";
+
+/// API resources allowed to introspect: client id, secret, resource name.
+/// As with IdentityServer, a token is `active` only to a resource it was
+/// issued for.
+const RESOURCES: [(&str, &str, &str); 2] = [
+    (INTROSPECTION_CLIENT, INTROSPECTION_SECRET, "DomainAPI"),
+    (TABLE_API_CLIENT, TABLE_API_SECRET, "TableAPI"),
+];
 
 /// The trusted app the token endpoint knows (as in ERP.net's docs).
 pub const CLIENT_ID: &str = "my.trusted.app/first";
@@ -84,6 +96,8 @@ pub enum ReferenceKind {
 struct ReferenceToken {
     kind: ReferenceKind,
     scopes: Vec<String>,
+    /// API resources the token is for.
+    audiences: Vec<String>,
     expires_at: u64,
     revoked: bool,
 }
@@ -103,6 +117,9 @@ struct State {
     reference_tokens: HashMap<String, ReferenceToken>,
     introspection_fault: Fault,
     jwks_fault: Fault,
+    /// Answer `active` to any resource (an identity service that does not
+    /// check), with the token's `aud`, so the filter's own check shows.
+    lenient_resources: bool,
 }
 
 struct Shared {
@@ -123,8 +140,18 @@ pub struct Idp {
 }
 
 impl Idp {
-    /// Starts on `bind` (`127.0.0.1:0` for a free port) with one fresh key.
+    /// Starts on `bind` (`127.0.0.1:0` for a free port) with one fresh key,
+    /// plain HTTP: a development setting only.
     pub fn start(bind: &str) -> Result<Self, Error> {
+        Self::start_with(bind, None)
+    }
+
+    /// Starts serving HTTPS with this server configuration.
+    pub fn start_tls(bind: &str, tls: std::sync::Arc<rustls::ServerConfig>) -> Result<Self, Error> {
+        Self::start_with(bind, Some(tls))
+    }
+
+    fn start_with(bind: &str, tls: Option<std::sync::Arc<rustls::ServerConfig>>) -> Result<Self, Error> {
         let key = SigningKey::generate("key-1", 2048)?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -133,12 +160,13 @@ impl Idp {
                 reference_tokens: HashMap::new(),
                 introspection_fault: Fault::None,
                 jwks_fault: Fault::None,
+                lenient_resources: false,
             }),
             stats: Stats::default(),
         });
         let handler_state = Arc::clone(&shared);
         let handler: Handler = Arc::new(move |request| handle(&handler_state, request));
-        let server = HttpServer::start(bind, handler)?;
+        let server = HttpServer::start_with(bind, handler, tls)?;
         Ok(Self { shared, server })
     }
 
@@ -162,14 +190,31 @@ impl Idp {
         tokens::sign(&tokens::header(&key.kid), &tokens::claims(tokens::now(), scopes), &key)
     }
 
-    /// Issues a PAT or SAT valid for `expires_in` seconds.
+    /// Issues a PAT or SAT for the Domain API, valid for `expires_in` seconds.
     pub fn issue_reference(&self, kind: ReferenceKind, scopes: &[&str], expires_in: u64) -> String {
+        self.issue_reference_for(kind, scopes, expires_in, &["DomainAPI"])
+    }
+
+    /// Issues a PAT or SAT for these API resources.
+    pub fn issue_reference_for(
+        &self,
+        kind: ReferenceKind,
+        scopes: &[&str],
+        expires_in: u64,
+        audiences: &[&str],
+    ) -> String {
         issue_reference(
             &self.shared,
             kind,
             scopes.iter().map(|s| (*s).to_owned()).collect(),
             expires_in,
+            audiences.iter().map(|s| (*s).to_owned()).collect(),
         )
+    }
+
+    /// Whether `active` is answered to resources a token was not issued for.
+    pub fn set_lenient_resources(&self, lenient: bool) {
+        self.shared.state().lenient_resources = lenient;
     }
 
     pub fn revoke(&self, token: &str) -> bool {
@@ -208,13 +253,20 @@ fn signing_key(state: &State) -> SigningKey {
     state.keys[state.keys.len() - 1].clone()
 }
 
-fn issue_reference(shared: &Shared, kind: ReferenceKind, scopes: Vec<String>, expires_in: u64) -> String {
+fn issue_reference(
+    shared: &Shared,
+    kind: ReferenceKind,
+    scopes: Vec<String>,
+    expires_in: u64,
+    audiences: Vec<String>,
+) -> String {
     let token = format!("enrt_{}", tokens::random_hex(32));
     shared.state().reference_tokens.insert(
         token.clone(),
         ReferenceToken {
             kind,
             scopes,
+            audiences,
             expires_at: tokens::now() + expires_in,
             revoked: false,
         },
@@ -284,7 +336,7 @@ fn handle(shared: &Shared, request: &Request) -> Response {
 
 fn discovery(request: &Request) -> Response {
     let host = request.header("host").unwrap_or("127.0.0.1");
-    let base = format!("http://{host}/id");
+    let base = format!("https://{host}/id");
     Response::json(
         200,
         &json!({
@@ -398,10 +450,16 @@ fn introspect(shared: &Shared, request: &Request) -> Response {
     if let Some(response) = faulty(&fault) {
         return response;
     }
-    match basic_credentials(request) {
-        Some((id, secret)) if id == INTROSPECTION_CLIENT && secret == INTROSPECTION_SECRET => {}
-        _ => return Response::json(401, &json!({"error": "invalid_client"})),
-    }
+    let resource = match basic_credentials(request) {
+        Some((id, secret)) => RESOURCES
+            .iter()
+            .find(|(i, s, _)| *i == id && *s == secret)
+            .map(|(_, _, resource)| *resource),
+        None => None,
+    };
+    let Some(resource) = resource else {
+        return Response::json(401, &json!({"error": "invalid_client"}));
+    };
     if fault == Fault::Incomplete {
         return Response::json(200, &json!({"scope": "read"}));
     }
@@ -411,10 +469,11 @@ fn introspect(shared: &Shared, request: &Request) -> Response {
     };
     let now = tokens::now();
     let state = shared.state();
+    let for_caller = |t: &ReferenceToken| state.lenient_resources || t.audiences.iter().any(|a| a == resource);
     let Some(t) = state
         .reference_tokens
         .get(token)
-        .filter(|t| !t.revoked && t.expires_at > now)
+        .filter(|t| !t.revoked && t.expires_at > now && for_caller(t))
     else {
         return Response::json(200, &json!({"active": false}));
     };
@@ -425,6 +484,7 @@ fn introspect(shared: &Shared, request: &Request) -> Response {
         "exp": t.expires_at,
         "iat": now,
         "iss": tokens::ISSUER,
+        "aud": t.audiences,
         "client_id": CLIENT_ID,
         "client_db": "E1_DEV",
     });
@@ -442,6 +502,13 @@ struct IssueRequest {
     scopes: Vec<String>,
     #[serde(default = "default_expires_in")]
     expires_in: u64,
+    /// API resources; default `["DomainAPI"]`.
+    #[serde(default = "default_audiences")]
+    audiences: Vec<String>,
+}
+
+fn default_audiences() -> Vec<String> {
+    vec!["DomainAPI".into()]
 }
 
 fn default_expires_in() -> u64 {
@@ -450,7 +517,7 @@ fn default_expires_in() -> u64 {
 
 fn admin_issue(shared: &Shared, request: &Request) -> Result<Response, Error> {
     let issue: IssueRequest = serde_json::from_slice(&request.body)?;
-    let token = issue_reference(shared, issue.kind, issue.scopes, issue.expires_in);
+    let token = issue_reference(shared, issue.kind, issue.scopes, issue.expires_in, issue.audiences);
     Ok(Response::json(200, &json!({"token": token})))
 }
 

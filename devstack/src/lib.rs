@@ -10,4 +10,5 @@ pub mod envoy;
 pub mod idp;
 pub mod server;
 pub mod stack;
+pub mod tls;
 pub mod tokens;

@@ -2,7 +2,10 @@
 //!
 //! ```text
 //! erp-devstack run              identity emulator + echo upstream + Envoy with the filter
-//! erp-devstack idp  [ADDR]      the identity service emulator alone (default 127.0.0.1:9080)
+//! erp-devstack idp  [ADDR] [--ca-out FILE]
+//!                               the identity service emulator alone (default 127.0.0.1:9080):
+//!                               HTTPS with a fresh CA written to FILE, or plain HTTP
+//!                               (a development setting) without --ca-out
 //! erp-devstack echo [ADDR]      the echo upstream alone (default 127.0.0.1:9081)
 //! erp-devstack render-compose   print envoy/envoy.compose.yaml, rendered from the template
 //! erp-devstack bench            the benchmark behind `make bench` (see bench.rs)
@@ -16,9 +19,10 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use erp_devstack::echo::Echo;
-use erp_devstack::envoy::{self, Envoy, EnvoyOptions, Placeholders};
+use erp_devstack::envoy::{self, Envoy, EnvoyOptions, IdentityTls, Placeholders};
 use erp_devstack::idp::{self, Idp, ReferenceKind};
 use erp_devstack::stack;
+use erp_devstack::tls::{Authority, IDENTITY_NAME};
 use erp_devstack::tokens::Error;
 
 fn port(var: &str, default: u16) -> Result<u16, Error> {
@@ -32,7 +36,10 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("run") => run(),
-        Some("idp") => serve_idp(args.get(1).map_or("127.0.0.1:9080", String::as_str)),
+        Some("idp") => serve_idp(
+            args.get(1).map_or("127.0.0.1:9080", String::as_str),
+            args.iter().position(|a| a == "--ca-out").and_then(|i| args.get(i + 1)),
+        ),
         Some("echo") => serve_echo(args.get(1).map_or("127.0.0.1:9081", String::as_str)),
         Some("render-compose") => envoy::render_compose().map(|yaml| print!("{yaml}")),
         Some("bench") => erp_devstack::bench::run(),
@@ -53,9 +60,24 @@ fn park_forever() -> ! {
     }
 }
 
-fn serve_idp(addr: &str) -> Result<(), Error> {
-    let idp = Idp::start(addr)?;
-    eprintln!("identity service emulator on http://{}", idp.addr());
+fn serve_idp(addr: &str, ca_out: Option<&String>) -> Result<(), Error> {
+    let _idp = match ca_out {
+        Some(path) => {
+            let authority = Authority::new("erp-devstack identity CA")?;
+            authority.write(std::path::Path::new(path))?;
+            let idp = Idp::start_tls(addr, authority.server(IDENTITY_NAME)?)?;
+            eprintln!("identity service emulator on https://{} (CA in {path})", idp.addr());
+            idp
+        }
+        None => {
+            let idp = Idp::start(addr)?;
+            eprintln!(
+                "identity service emulator on http://{} (plaintext: development only)",
+                idp.addr()
+            );
+            idp
+        }
+    };
     park_forever()
 }
 
@@ -70,25 +92,37 @@ fn run() -> Result<(), Error> {
     if !wasm.exists() {
         return Err(format!("{} not found: run `make build` first", wasm.display()).into());
     }
-    let idp = Idp::start(&format!("127.0.0.1:{}", port("IDP_PORT", 9080)?))?;
+    let authority = Authority::new("erp-devstack identity CA")?;
+    let ca_path = envoy::repo_root().join(".run/identity-ca.pem");
+    authority.write(&ca_path)?;
+    let idp = Idp::start_tls(
+        &format!("127.0.0.1:{}", port("IDP_PORT", 9080)?),
+        authority.server(IDENTITY_NAME)?,
+    )?;
     let echo = Echo::start(&format!("127.0.0.1:{}", port("ECHO_PORT", 9081)?))?;
     let config = stack::filter_config(None)?;
     let yaml = envoy::render(
         &Placeholders {
             bind_address: "127.0.0.1".into(),
             listen_port: port("ENVOY_PORT", 10000)?,
+            admin_address: "127.0.0.1".into(),
             admin_port: port("ENVOY_ADMIN_PORT", 9901)?,
             upstream_host: "127.0.0.1".into(),
             upstream_port: echo.addr().port(),
             identity_host: "127.0.0.1".into(),
             identity_port: idp.addr().port(),
+            identity_tls: Some(IdentityTls {
+                ca_path: ca_path.display().to_string(),
+                server_name: IDENTITY_NAME.into(),
+            }),
             wasm_path: wasm.display().to_string(),
+            extra_listeners: Vec::new(),
         },
         &config,
     )?;
     let envoy = Envoy::start(&yaml, &EnvoyOptions::default())?;
     wait_for_keys(&idp, &envoy)?;
-    print_examples(&idp, &envoy.listener, &envoy.admin);
+    print_examples(&idp, &envoy.listener, &envoy.admin, &ca_path);
     // Ctrl-C reaches Envoy and this process alike; Envoy also dies with us.
     park_forever()
 }
@@ -114,14 +148,18 @@ fn wait_for_keys(idp: &Idp, envoy: &Envoy) -> Result<(), Error> {
     Err(format!("the filter did not get signing keys:\n{}", envoy.log()).into())
 }
 
-fn print_examples(idp: &Idp, listener: &SocketAddr, admin: &SocketAddr) {
+fn print_examples(idp: &Idp, listener: &SocketAddr, admin: &SocketAddr, ca: &std::path::Path) {
     let read = idp.access_token(&["DomainApi", "read"]);
     let pat = idp.issue_reference(ReferenceKind::Pat, &["read"], 86_400);
     let base = format!("http://{listener}/api/domain/odata/Customers");
     println!();
     println!("erp-edge-validator is running:");
     println!("  Envoy with the filter   http://{listener}   (admin http://{admin})");
-    println!("  identity emulator       http://{}/id", idp.addr());
+    println!(
+        "  identity emulator       https://{}/id   (CA: {})",
+        idp.addr(),
+        ca.display()
+    );
     println!("  echo upstream           stands in for the Domain API");
     println!();
     println!("Try it (tokens are fresh and valid for an hour):");
@@ -140,7 +178,8 @@ fn print_examples(idp: &Idp, listener: &SocketAddr, admin: &SocketAddr) {
     println!();
     println!("# a new token from the emulator (client_credentials, as in ERP.net's docs)");
     println!(
-        "curl -s -d grant_type=client_credentials -d client_id={} -d client_secret={} -d scope='read update' http://{}/id/connect/token",
+        "curl -s --cacert {} -d grant_type=client_credentials -d client_id={} -d client_secret={} -d scope='read update' https://{}/id/connect/token",
+        ca.display(),
         idp::CLIENT_ID,
         idp::CLIENT_SECRET,
         idp.addr()

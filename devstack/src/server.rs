@@ -1,5 +1,6 @@
 //! A small HTTP/1.1 server for the emulator and the echo upstream: keep-alive,
-//! content-length bodies, one thread per connection, stopped when dropped.
+//! content-length bodies, one thread per connection, stopped when dropped;
+//! plain or over TLS.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -75,8 +76,14 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Listens on `bind` (port 0 for a free one).
+    /// Listens on `bind` (port 0 for a free one), plain HTTP.
     pub fn start(bind: &str, handler: Handler) -> Result<Self, Error> {
+        Self::start_with(bind, handler, None)
+    }
+
+    /// Listens on `bind`; with `tls`, every connection is HTTPS (a client
+    /// that does not complete the handshake is never read from).
+    pub fn start_with(bind: &str, handler: Handler, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Self, Error> {
         let listener = TcpListener::bind(bind)?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -89,7 +96,18 @@ impl HttpServer {
                 let Ok(stream) = stream else { continue };
                 let handler = Arc::clone(&handler);
                 let stopping = Arc::clone(&stopping);
-                std::thread::spawn(move || serve_connection(stream, &handler, &stopping));
+                let tls = tls.clone();
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+                    let _ = stream.set_nodelay(true);
+                    match tls.map(rustls::ServerConnection::new) {
+                        None => serve_connection(stream, &handler, &stopping),
+                        Some(Ok(connection)) => {
+                            serve_connection(rustls::StreamOwned::new(connection, stream), &handler, &stopping)
+                        }
+                        Some(Err(_)) => {}
+                    }
+                });
             }
         });
         Ok(Self {
@@ -115,9 +133,7 @@ impl Drop for HttpServer {
     }
 }
 
-fn serve_connection(mut stream: TcpStream, handler: &Handler, stop: &AtomicBool) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-    let _ = stream.set_nodelay(true);
+fn serve_connection<S: Read + Write>(mut stream: S, handler: &Handler, stop: &AtomicBool) {
     let mut buffer = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         let Some((request, keep_alive)) = read_request(&mut stream, &mut buffer) else {
@@ -131,7 +147,7 @@ fn serve_connection(mut stream: TcpStream, handler: &Handler, stop: &AtomicBool)
 }
 
 /// Reads one request; leftover bytes (a pipelined next request) stay in `buffer`.
-fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<(Request, bool)> {
+fn read_request<S: Read>(stream: &mut S, buffer: &mut Vec<u8>) -> Option<(Request, bool)> {
     let mut chunk = [0u8; 16 * 1024];
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 100];
@@ -186,7 +202,7 @@ fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<(Request
     }
 }
 
-fn write_response(stream: &mut TcpStream, response: &Response, keep_alive: bool) -> std::io::Result<()> {
+fn write_response<S: Write>(stream: &mut S, response: &Response, keep_alive: bool) -> std::io::Result<()> {
     let mut out = format!("HTTP/1.1 {} {}\r\n", response.status, reason(response.status)).into_bytes();
     for (name, value) in &response.headers {
         out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
@@ -197,7 +213,8 @@ fn write_response(stream: &mut TcpStream, response: &Response, keep_alive: bool)
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&response.body);
-    stream.write_all(&out)
+    stream.write_all(&out)?;
+    stream.flush()
 }
 
 fn reason(status: u16) -> &'static str {

@@ -7,8 +7,9 @@ use serde_json::Value;
 
 use crate::client::{self, Response};
 use crate::echo::Echo;
-use crate::envoy::{self, Envoy, EnvoyOptions, Placeholders};
+use crate::envoy::{self, Envoy, EnvoyOptions, ExtraListener, IdentityTls, Placeholders};
 use crate::idp::{Fault, Idp};
+use crate::tls::{Authority, CaFile, IDENTITY_NAME};
 use crate::tokens::Error;
 
 /// How to start a stack.
@@ -29,6 +30,25 @@ pub struct StackOptions {
     /// Give the filter the emulator's keys inline instead of `remote_jwks`
     /// (for tests where the identity service is unreachable).
     pub inline_jwks: bool,
+    /// Which certificate the identity service presents.
+    pub identity_certificate: IdentityCertificate,
+    /// A second listener, `domain_api_b`, whose filter has the shipped
+    /// configuration with this merge patch (same VM, same shared data).
+    pub second_filter_config: Option<Value>,
+}
+
+/// The identity service's certificate, as Envoy sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IdentityCertificate {
+    /// For `idp.erp.test`, from the CA Envoy trusts.
+    #[default]
+    Trusted,
+    /// For `idp.erp.test`, from another CA.
+    OtherAuthority,
+    /// From the trusted CA, for another name.
+    OtherName,
+    /// No TLS at all: the development setting.
+    Plaintext,
 }
 
 /// A running stack.
@@ -36,11 +56,27 @@ pub struct Stack {
     pub envoy: Envoy,
     pub echo: Echo,
     pub idp: Idp,
+    /// The CA file Envoy trusts, removed with the stack.
+    pub ca: Option<CaFile>,
 }
 
 impl Stack {
     pub fn start(options: StackOptions) -> Result<Self, Error> {
-        let idp = Idp::start("127.0.0.1:0")?;
+        let authority = Authority::new("erp-devstack identity CA")?;
+        let certificate = options.identity_certificate;
+        let idp = match certificate {
+            IdentityCertificate::Plaintext => Idp::start("127.0.0.1:0")?,
+            IdentityCertificate::Trusted => Idp::start_tls("127.0.0.1:0", authority.server(IDENTITY_NAME)?)?,
+            IdentityCertificate::OtherName => Idp::start_tls("127.0.0.1:0", authority.server("other.erp.test")?)?,
+            IdentityCertificate::OtherAuthority => {
+                let rogue = Authority::new("some other CA")?;
+                Idp::start_tls("127.0.0.1:0", rogue.server(IDENTITY_NAME)?)?
+            }
+        };
+        let ca = match certificate {
+            IdentityCertificate::Plaintext => None,
+            _ => Some(CaFile::write(&authority)?),
+        };
         let echo = Echo::start("127.0.0.1:0")?;
         let mut filter_config = filter_config(options.filter_config.as_ref())?;
         if options.inline_jwks {
@@ -54,12 +90,25 @@ impl Stack {
             &Placeholders {
                 bind_address: "127.0.0.1".into(),
                 listen_port: options.listen_port.unwrap_or(0),
+                admin_address: "127.0.0.1".into(),
                 admin_port: options.admin_port.unwrap_or(0),
                 upstream_host: echo.addr().ip().to_string(),
                 upstream_port: echo.addr().port(),
                 identity_host: identity.ip().to_string(),
                 identity_port: identity.port(),
+                identity_tls: ca.as_ref().map(|ca| IdentityTls {
+                    ca_path: ca.path.display().to_string(),
+                    server_name: IDENTITY_NAME.into(),
+                }),
                 wasm_path: envoy::wasm_path().display().to_string(),
+                extra_listeners: match &options.second_filter_config {
+                    None => Vec::new(),
+                    Some(patch) => vec![ExtraListener {
+                        name: "domain_api_b".into(),
+                        port: 0,
+                        filter_config: filter_config_patched(&filter_config, patch),
+                    }],
+                },
             },
             &filter_config,
         )?;
@@ -67,9 +116,13 @@ impl Stack {
             idp.set_jwks_fault(fault.clone());
         }
         let envoy = Envoy::start(&yaml, &options.envoy)?;
-        let stack = Self { envoy, echo, idp };
+        let stack = Self { envoy, echo, idp, ca };
         let remote_only = filter_config.get("remote_jwks").is_some() && filter_config.get("jwks").is_none();
-        if remote_only && options.jwks_fault_at_start.is_none() {
+        let reachable = matches!(
+            certificate,
+            IdentityCertificate::Trusted | IdentityCertificate::Plaintext
+        );
+        if remote_only && reachable && options.jwks_fault_at_start.is_none() {
             stack.wait_for_keys()?;
         }
         Ok(stack)
@@ -121,6 +174,25 @@ impl Stack {
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
         self.request("GET", path, headers)
     }
+
+    /// A GET through the second listener (`second_filter_config`).
+    pub fn get_second(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        let fail = |e: String| Response {
+            status: 0,
+            headers: Vec::new(),
+            body: e.into_bytes(),
+        };
+        match self.envoy.listener_named("domain_api_b") {
+            None => fail("no second listener".into()),
+            Some(addr) => client::request(addr, "GET", path, headers, b"").unwrap_or_else(|e| fail(e.to_string())),
+        }
+    }
+}
+
+fn filter_config_patched(base: &Value, patch: &Value) -> Value {
+    let mut config = base.clone();
+    envoy::merge(&mut config, patch);
+    config
 }
 
 /// The shipped filter configuration with a merge patch applied.

@@ -1,0 +1,295 @@
+//! What a fleet and a hostile client bring, through real Envoy: two APIs
+//! behind one Envoy sharing an identity service, a flood of made-up
+//! reference tokens, an identity service that is not who it says, spoofed
+//! identity and override headers, non-canonical methods.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use erp_devstack::envoy::EnvoyOptions;
+use erp_devstack::idp::{ReferenceKind, TABLE_API_CLIENT, TABLE_API_SECRET};
+use erp_devstack::stack::{IdentityCertificate, Stack, StackOptions};
+use erp_devstack::tokens;
+use serde_json::{json, Value};
+
+/// The first listener guards the Domain API; the second, in the same VM,
+/// guards the Table API with its own identity-service client.
+fn two_apis() -> Stack {
+    Stack::start(StackOptions {
+        second_filter_config: Some(json!({
+            "audiences": ["TableAPI"],
+            "introspection": {"client_id": TABLE_API_CLIENT, "client_secret": TABLE_API_SECRET},
+        })),
+        ..StackOptions::default()
+    })
+    .unwrap()
+}
+
+fn key(token: &str) -> [(&'static str, &str); 1] {
+    [("x-api-key", token)]
+}
+
+#[test]
+fn a_pat_for_one_api_is_refused_by_the_other_api_in_the_same_envoy() {
+    let stack = two_apis();
+    let table_only = stack
+        .idp
+        .issue_reference_for(ReferenceKind::Pat, &["read"], 3600, &["TableAPI"]);
+    assert_eq!(
+        stack.get_second(CUSTOMERS, &key(&table_only)).status,
+        200,
+        "cached by the Table API"
+    );
+    let r = stack.get(CUSTOMERS, &key(&table_only));
+    assert_rejected(&r, 401, "invalid_token");
+    let domain_only = stack.idp.issue_reference(ReferenceKind::Pat, &["read"], 3600);
+    assert_eq!(stack.get(CUSTOMERS, &key(&domain_only)).status, 200);
+    assert_rejected(&stack.get_second(CUSTOMERS, &key(&domain_only)), 401, "invalid_token");
+    assert_not_leaked(&stack, &table_only);
+}
+
+#[test]
+fn an_answer_that_names_another_api_is_inactive_even_if_the_service_says_active() {
+    let stack = two_apis();
+    // An identity service that answers `active` to any resource, with `aud`.
+    stack.idp.set_lenient_resources(true);
+    let table_only = stack
+        .idp
+        .issue_reference_for(ReferenceKind::Sat, &["read"], 3600, &["TableAPI"]);
+    assert_rejected(&stack.get(CUSTOMERS, &key(&table_only)), 401, "invalid_token");
+    assert_eq!(stack.get_second(CUSTOMERS, &key(&table_only)).status, 200);
+    assert_eq!(stack.echo.count(), 1, "only the Table API request went upstream");
+}
+
+/// A script sends a new random `enrt_` token on every request, from eight
+/// connections at once, while a client whose PAT is cached keeps working.
+#[test]
+fn a_flood_of_random_reference_tokens_is_held_to_the_budget() {
+    const BUDGET: u64 = 50;
+    let stack = Arc::new(
+        Stack::start(StackOptions {
+            filter_config: Some(json!({"introspection": {"max_calls_per_second": BUDGET}})),
+            envoy: EnvoyOptions {
+                concurrency: 2,
+                ..EnvoyOptions::default()
+            },
+            ..StackOptions::default()
+        })
+        .unwrap(),
+    );
+    let pat = stack.idp.issue_reference(ReferenceKind::Pat, &["read"], 3600);
+    assert_eq!(stack.get(CUSTOMERS, &key(&pat)).status, 200);
+    let calls_before = stack.idp.introspections();
+    let flooding = Arc::new(AtomicBool::new(true));
+    let cached_client = {
+        let (stack, pat, flooding) = (Arc::clone(&stack), pat.clone(), Arc::clone(&flooding));
+        std::thread::spawn(move || {
+            let mut statuses = Vec::new();
+            while flooding.load(Ordering::SeqCst) {
+                statuses.push(stack.get(CUSTOMERS, &key(&pat)).status);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            statuses
+        })
+    };
+    let started = Instant::now();
+    let flood: Vec<_> = (0..8)
+        .map(|t| {
+            let stack = Arc::clone(&stack);
+            std::thread::spawn(move || {
+                let mut counts = [0u32; 3];
+                for _ in 0..625 {
+                    let random = format!("enrt_{}", tokens::random_hex(32));
+                    match stack.get(CUSTOMERS, &key(&random)).status {
+                        401 => counts[0] += 1,
+                        503 => counts[1] += 1,
+                        other => panic!("thread {t}: a random token got {other}"),
+                    }
+                }
+                counts
+            })
+        })
+        .collect();
+    let counts = flood
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .fold([0u32; 3], |a, c| [a[0] + c[0], a[1] + c[1], a[2] + c[2]]);
+    let seconds = started.elapsed().as_secs_f64();
+    flooding.store(false, Ordering::SeqCst);
+    let cached = cached_client.join().unwrap();
+    let calls = stack.idp.introspections() - calls_before;
+    let allowed = BUDGET * (seconds.ceil() as u64 + 1);
+    println!(
+        "flood: 5000 random tokens in {seconds:.1} s: {} got 401, {} got 503; {calls} introspection calls (budget {BUDGET}/s allows {allowed}); the cached PAT got {} x 200 of {}",
+        counts[0],
+        counts[1],
+        cached.iter().filter(|s| **s == 200).count(),
+        cached.len()
+    );
+    assert!(calls <= allowed, "{calls} calls, at most {allowed} allowed");
+    assert!(counts[1] > 0, "the budget was never reached: the test proves nothing");
+    assert!(
+        !cached.is_empty() && cached.iter().all(|s| *s == 200),
+        "cached PAT: {cached:?}"
+    );
+    assert_eq!(
+        stack.echo.count(),
+        1 + cached.len(),
+        "only the PAT's requests went upstream"
+    );
+    assert_eq!(
+        stack
+            .envoy
+            .stat("wasmcustom.erp_edge_validator.introspections_over_budget"),
+        Some(u64::from(counts[1]))
+    );
+}
+
+fn untrusted_identity(certificate: IdentityCertificate) {
+    let stack = Stack::start(StackOptions {
+        identity_certificate: certificate,
+        ..StackOptions::default()
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let jwt = stack.idp.access_token(&["read"]);
+    let r = stack.get(CUSTOMERS, &[("authorization", &bearer(&jwt))]);
+    assert_eq!(r.status, 503, "{certificate:?}: {}", r.text());
+    assert!(r.header("retry-after").is_some());
+    let pat = stack.idp.issue_reference(ReferenceKind::Pat, &["read"], 3600);
+    let r = stack.get(CUSTOMERS, &key(&pat));
+    assert_eq!(r.status, 503, "{certificate:?}: {}", r.text());
+    assert_eq!(
+        (stack.idp.introspections(), stack.idp.jwks_requests()),
+        (0, 0),
+        "{certificate:?}: a request reached the identity service in the clear"
+    );
+    assert_eq!(stack.echo.count(), 0);
+}
+
+#[test]
+fn an_identity_service_with_a_certificate_from_another_ca_is_refused() {
+    untrusted_identity(IdentityCertificate::OtherAuthority);
+}
+
+#[test]
+fn an_identity_service_with_a_certificate_for_another_name_is_refused() {
+    untrusted_identity(IdentityCertificate::OtherName);
+}
+
+#[test]
+fn the_identity_service_is_reached_over_tls_and_plaintext_is_a_marked_development_setting() {
+    let stack = stack();
+    let yaml = std::fs::read_to_string(erp_devstack::envoy::repo_root().join("envoy/envoy.compose.yaml")).unwrap();
+    assert!(yaml.contains("UpstreamTlsContext") && yaml.contains("sni: \"idp.erp.test\""));
+    assert!(yaml.contains("match_typed_subject_alt_names"));
+    assert!(stack.ca.is_some(), "the test stack trusts its own CA");
+    let plaintext = Stack::start(StackOptions {
+        identity_certificate: IdentityCertificate::Plaintext,
+        ..StackOptions::default()
+    })
+    .unwrap();
+    let pat = plaintext.idp.issue_reference(ReferenceKind::Pat, &["read"], 3600);
+    assert_eq!(plaintext.get(CUSTOMERS, &key(&pat)).status, 200);
+}
+
+#[test]
+fn client_identity_headers_never_reach_the_upstream_in_any_spelling() {
+    let stack = stack_with(json!({"identity_headers": {"client_id": "x-caller-id"}}));
+    let token = stack.idp.access_token(&["read"]);
+    let auth = bearer(&token);
+    let r = stack.get(
+        CUSTOMERS,
+        &[
+            ("authorization", &auth),
+            ("x-erp-client-id", "spoofed"),
+            ("X-ERP-Roles", "admin"),
+            ("x-caller-id", "spoofed"),
+        ],
+    );
+    let seen = upstream_headers(&r);
+    assert_eq!(seen["x-caller-id"], json!("my.trusted.app/first"), "{seen}");
+    assert!(
+        seen.get("x-erp-client-id").is_none() && seen.get("x-erp-roles").is_none(),
+        "{seen}"
+    );
+    // Underscores are refused by Envoy itself (headers_with_underscores_action).
+    let r = stack.get(CUSTOMERS, &[("authorization", &auth), ("x_erp_client_id", "spoofed")]);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(stack.echo.count(), 1);
+}
+
+#[test]
+fn method_and_url_override_headers_are_refused() {
+    let stack = stack();
+    let token = stack.idp.access_token(&["read", "update"]);
+    let auth = bearer(&token);
+    for (name, value) in [
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-HTTP-Method", "DELETE"),
+        ("X-Method-Override", "DELETE"),
+        ("X-Original-URL", "/admin"),
+        ("X-Rewrite-URL", "/admin"),
+    ] {
+        let r = stack.request("POST", CUSTOMERS, &[("authorization", &auth), (name, value)]);
+        assert_rejected(&r, 400, "invalid_request");
+    }
+    assert_eq!(stack.echo.count(), 0);
+}
+
+#[test]
+fn a_lower_case_method_never_reaches_the_upstream() {
+    let stack = stack_with(json!({"unmatched_routes": "authenticated"}));
+    let token = stack.idp.access_token(&["read"]);
+    let raw = format!(
+        "post {CUSTOMERS} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    let r = erp_devstack::client::send_raw(stack.envoy.listener, raw.as_bytes()).unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(stack.echo.count(), 0);
+}
+
+#[test]
+fn a_rule_may_match_paths_case_insensitively() {
+    let rules: Value = json!([
+        {"prefix": "/api/domain/", "methods": ["GET"], "all_of": ["read"], "case_insensitive": true},
+    ]);
+    let stack = stack_with(json!({"routes": rules}));
+    let token = stack.idp.access_token(&["read"]);
+    let r = stack.get("/API/Domain/odata/Customers", &[("authorization", &bearer(&token))]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let strict = stack_with(json!({}));
+    let token = strict.idp.access_token(&["read"]);
+    let r = strict.get("/API/Domain/odata/Customers", &[("authorization", &bearer(&token))]);
+    assert_rejected(&r, 403, "insufficient_scope");
+}
+
+#[test]
+fn scope_elements_that_are_not_scope_tokens_are_refused() {
+    let stack = stack();
+    let key = stack.idp.signing_key();
+    let mut claims = tokens::claims(tokens::now(), &["read"]);
+    claims["scope"] = json!(["read", "update delete"]);
+    let token = tokens::sign(&tokens::header(&key.kid), &claims, &key);
+    let r = stack.request("DELETE", CUSTOMERS, &[("authorization", &bearer(&token))]);
+    assert_rejected(&r, 401, "invalid_token");
+    assert_eq!(stack.echo.count(), 0);
+}
+
+#[test]
+fn the_admin_interface_listens_on_loopback_only() {
+    let stack = stack();
+    assert!(stack.envoy.admin.ip().is_loopback());
+    let root = erp_devstack::envoy::repo_root();
+    let compose = std::fs::read_to_string(root.join("envoy/docker-compose.yaml")).unwrap();
+    assert!(
+        compose.contains("\"127.0.0.1:9901:9901\""),
+        "published on loopback only"
+    );
+    assert!(!compose.contains("\"9901:9901\""));
+}
