@@ -76,6 +76,23 @@ pub struct RawConfig {
     /// Default false: the Domain API checks the token again.
     #[serde(default)]
     pub strip_credential: bool,
+    /// Who checks RS256 signatures: `"auto"` (default) uses Envoy's own
+    /// verifier when the host offers it and passes a self-test at start,
+    /// else the module's; `"module"` always uses the module's.
+    #[serde(default)]
+    pub rsa_verifier: RsaVerifier,
+}
+
+/// `rsa_verifier`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(rename_all = "snake_case")]
+pub enum RsaVerifier {
+    /// The host's when it offers one, else the module's.
+    #[default]
+    Auto,
+    /// Always the module's.
+    Module,
 }
 
 /// The `realm` when the configuration names none (and of the reply when
@@ -125,6 +142,7 @@ pub struct Config {
     /// Lower-cased identity header names.
     pub identity_headers: IdentityHeaders,
     pub strip_credential: bool,
+    pub rsa_verifier: RsaVerifier,
 }
 
 impl Config {
@@ -280,6 +298,7 @@ impl RawConfig {
             api_key_headers,
             identity_headers,
             strip_credential: self.strip_credential,
+            rsa_verifier: self.rsa_verifier,
         })
     }
 }

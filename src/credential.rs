@@ -32,15 +32,24 @@ pub struct Credential<'a> {
     pub kind: TokenKind,
 }
 
-/// Finds the single credential among the request headers.
+/// The one credential of a request, not yet looked at byte by byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Located<'a> {
+    /// Lower-cased name of the header it came in.
+    pub header: &'a str,
+    pub token: &'a str,
+}
+
+/// Finds the single credential among the request headers: its header, the
+/// Bearer scheme, emptiness and size (not its characters: see [`classify`]).
 ///
 /// `headers` are (name, value) pairs as Envoy gives them (names lower-case,
 /// compared case-insensitively anyway). `api_key_headers` are lower-case.
-pub fn find<'a>(
+pub fn locate<'a>(
     headers: impl IntoIterator<Item = (&'a str, &'a str)>,
     api_key_headers: &'a [String],
     max_token_bytes: usize,
-) -> Result<Credential<'a>, Rejection> {
+) -> Result<Located<'a>, Rejection> {
     let mut found: Option<(&'a str, &'a str)> = None;
     for (name, value) in headers {
         let header = if name.eq_ignore_ascii_case("authorization") {
@@ -67,6 +76,12 @@ pub fn find<'a>(
     if token.len() > max_token_bytes {
         return Err(Rejection::InvalidToken("token is too large"));
     }
+    Ok(Located { header, token })
+}
+
+/// Checks the located token's characters and tells its kind.
+pub fn classify(located: Located<'_>) -> Result<Credential<'_>, Rejection> {
+    let Located { header, token } = located;
     if !token.bytes().all(is_b64token_byte) {
         return Err(Rejection::MalformedCredential(
             "credential has characters a token cannot have",
@@ -78,6 +93,17 @@ pub fn find<'a>(
         TokenKind::Jwt
     };
     Ok(Credential { header, token, kind })
+}
+
+/// Finds the single credential among the request headers and checks its
+/// characters: [`locate`] then [`classify`].
+#[cfg(test)]
+pub fn find<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    api_key_headers: &'a [String],
+    max_token_bytes: usize,
+) -> Result<Credential<'a>, Rejection> {
+    classify(locate(headers, api_key_headers, max_token_bytes)?)
 }
 
 /// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 7235).

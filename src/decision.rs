@@ -6,10 +6,12 @@
 //! Pure: the coordination in [`crate::worker`] gathers what a step needs and
 //! finishes it here, with the same functions the first pass uses.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use crate::config::Config;
 use crate::credential::{self, Credential, TokenKind};
+use crate::host::RsaHost;
 use crate::introspection::Answer;
 use crate::jwks::KeySet;
 use crate::jwt::{self, ClaimRules, JwtError};
@@ -148,14 +150,48 @@ impl Allowed {
 }
 
 /// The prepared configuration; decides requests.
-#[derive(Debug)]
 pub struct Engine {
     config: Config,
+    /// The host's RSA verifier, when it offers one and the configuration
+    /// lets it be used.
+    rsa_host: Option<Box<dyn RsaHost>>,
+    verifications: Verifications,
+}
+
+/// Signatures verified since the last [`Engine::take_verifications`].
+#[derive(Debug, Default)]
+struct Verifications {
+    host: Cell<u32>,
+    module: Cell<u32>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.config)
+            .field("rsa_host", &self.rsa_host.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Engine {
     pub fn new(config: Config) -> Self {
-        Self { config }
+        Self {
+            config,
+            rsa_host: None,
+            verifications: Verifications::default(),
+        }
+    }
+
+    /// The same engine, with RS256 signatures checked by the host.
+    pub fn with_rsa_host(mut self, host: Box<dyn RsaHost>) -> Self {
+        self.rsa_host = Some(host);
+        self
+    }
+
+    /// Signatures verified (by the host, in the module) since the last call.
+    pub fn take_verifications(&self) -> (u32, u32) {
+        (self.verifications.host.take(), self.verifications.module.take())
     }
 
     pub fn config(&self) -> &Config {
@@ -201,7 +237,7 @@ impl Engine {
         };
         let identity = self.identity(principal).inspect(|identity| {
             if let Some(until) = until {
-                references.insert(pending.hash, "", None, Rc::clone(identity), until);
+                references.insert(pending.token.expose(), None, Rc::clone(identity), until);
             }
         });
         identity
@@ -233,11 +269,24 @@ impl Engine {
                 remove_header: None,
             })));
         }
-        let credential = credential::find(
+        let located = credential::locate(
             request.headers.iter().copied(),
             &self.config.api_key_headers,
             self.config.max_token_bytes,
         )?;
+        // A token this worker verified (or had vouched for) before is
+        // exactly that token: its bytes were checked then. The common case
+        // costs a short hash and one comparison.
+        if let Some(identity) = memory
+            .jwts
+            .get(located.token, now)
+            .or_else(|| memory.references.get(located.token, now))
+        {
+            return self
+                .allow(access, Rc::clone(identity), located.header)
+                .map(|allowed| Step::Done(Verdict::Allow(allowed)));
+        }
+        let credential = credential::classify(located)?;
         match credential.kind {
             TokenKind::Jwt => match self.verify_jwt(credential.token, keys, &mut memory.jwts, now) {
                 Ok(identity) => self
@@ -267,14 +316,14 @@ impl Engine {
         if !credential::is_well_formed_reference(credential.token) {
             return Err(Rejection::InvalidToken("the reference token is malformed"));
         }
-        let hash = secret::hash_token(credential.token);
-        if let Some(identity) = references.get(&hash, "", now) {
+        if let Some(identity) = references.get(credential.token, now) {
             return self
                 .allow(access, Rc::clone(identity), credential.header)
                 .map(|allowed| Step::Done(Verdict::Allow(allowed)));
         }
         Ok(Step::Introspect(PendingReference {
-            hash,
+            // Only now, on a miss: the shared cache knows tokens by SHA-256.
+            hash: secret::hash_token(credential.token),
             token: Secret::new(credential.token),
             access: access.clone(),
             credential_header: credential.header.to_owned(),
@@ -290,13 +339,18 @@ impl Engine {
         verified: &mut VerifiedCache,
         now: u64,
     ) -> Result<Rc<Identity>, JwtError> {
-        let digest = jwt::signing_digest(token);
-        let signature = token.rsplit_once('.').map_or("", |(_, s)| s);
-        if let Some(identity) = verified.get(&digest, signature, now) {
+        if let Some(identity) = verified.get(token, now) {
             return Ok(Rc::clone(identity));
         }
-        let (principal, key) = jwt::verify_with_digest(token, &digest, keys, &self.claim_rules(), now)?;
-        let identity = match self.identity(principal) {
+        let host = self.rsa_host.as_deref();
+        let checked = jwt::verify_with(token, keys, &self.claim_rules(), now, host)?;
+        let counter = if checked.by_host {
+            &self.verifications.host
+        } else {
+            &self.verifications.module
+        };
+        counter.set(counter.get().saturating_add(1));
+        let identity = match self.identity(checked.principal) {
             Ok(identity) => identity,
             Err(_) => return Err(JwtError::UnsafeClaim),
         };
@@ -304,7 +358,7 @@ impl Engine {
             .principal
             .expires_at
             .saturating_add(self.config.clock_skew_seconds);
-        verified.insert(digest, signature, Some(key), Rc::clone(&identity), until);
+        verified.insert(token, Some(checked.key), Rc::clone(&identity), until);
         Ok(identity)
     }
 

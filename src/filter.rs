@@ -13,12 +13,13 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 
-use crate::config::{Config, DEFAULT_REALM};
+use crate::config::{Config, RsaVerifier, DEFAULT_REALM};
 use crate::decision::{Allowed, RequestHead};
-use crate::host::{CalloutResponse, Now, SharedStore};
+use crate::host::{CalloutResponse, Now, RsaHost, SharedStore};
 use crate::rejection::Rejection;
 use crate::stats::Stat;
 use crate::worker::{ContextId, Effect, Worker};
+use crate::{foreign, rs256};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -53,6 +54,18 @@ fn now() -> Option<Now> {
         secs: elapsed.as_secs(),
         ms: u64::try_from(elapsed.as_millis()).ok()?,
     })
+}
+
+/// Envoy's RSA verification (BoringSSL), through the `verify_signature`
+/// foreign function.
+struct HostRsa;
+
+impl RsaHost for HostRsa {
+    fn verify_pkcs1_sha256(&self, spki_der: &[u8], message: &[u8], signature: &[u8]) -> Option<bool> {
+        let arguments = foreign::rs256_arguments(spki_der, message, signature);
+        let answer = hostcalls::call_foreign_function("verify_signature", Some(&arguments)).ok()??;
+        foreign::read_result(&answer)
+    }
 }
 
 /// The answer to the callout being delivered.
@@ -249,8 +262,18 @@ impl RootContext for Root {
                 return false;
             }
         };
-        log::info!("erp-edge-validator: configured: {}", config.summary());
-        let mut worker = Worker::new(config, self.context_id);
+        let host_rsa = config.rsa_verifier == RsaVerifier::Auto && rs256::host_agrees(&HostRsa);
+        log::info!(
+            "erp-edge-validator: configured: {}; RS256 verified {}",
+            config.summary(),
+            if host_rsa {
+                "by Envoy (BoringSSL)"
+            } else {
+                "in the module"
+            }
+        );
+        let rsa: Option<Box<dyn RsaHost>> = if host_rsa { Some(Box::new(HostRsa)) } else { None };
+        let mut worker = Worker::new(config, self.context_id, rsa);
         let effects = worker.start();
         let shared = Rc::new(Shared {
             worker: RefCell::new(worker),

@@ -55,6 +55,15 @@ impl fmt::Debug for Callout {
     }
 }
 
+/// RSA signature verification offered by the host (Envoy's BoringSSL, through
+/// the `verify_signature` foreign function).
+pub trait RsaHost {
+    /// Whether `signature` is an RSASSA-PKCS1-v1_5 SHA-256 signature of
+    /// `message` under the key (SubjectPublicKeyInfo DER); `None` when the
+    /// host could not be asked (the caller then verifies in the module).
+    fn verify_pkcs1_sha256(&self, spki_der: &[u8], message: &[u8], signature: &[u8]) -> Option<bool>;
+}
+
 /// The answer to a callout, read lazily: a body over the limit is never
 /// copied into the module.
 pub trait CalloutResponse {

@@ -10,6 +10,7 @@ use std::fmt;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use rsa::pkcs8::EncodePublicKey;
 use rsa::traits::PublicKeyParts;
 use rsa::{BigUint, RsaPublicKey};
 use serde::Deserialize;
@@ -33,6 +34,9 @@ pub struct VerificationKey {
     pub key: RsaPublicKey,
     /// The same key prepared for the fast RS256 path (exponent 65537).
     pub fast: Option<PreparedKey>,
+    /// The key as SubjectPublicKeyInfo DER, for the host's verifier (RS256
+    /// keys only), converted once per key set.
+    pub spki: Option<Vec<u8>>,
     /// SHA-256 of what the key is (algorithm, modulus, exponent): a verified
     /// token remembered under it stays trusted exactly while a key with the
     /// same material is in the set.
@@ -288,11 +292,15 @@ fn parse_key(raw: &serde_json::Value, allowed_algorithms: &[Algorithm]) -> Resul
         .finalize()
         .into();
     let key = RsaPublicKey::new(n, e).map_err(|_| KeyProblem::InvalidRsa)?;
+    let spki = (algorithm == Algorithm::Rs256)
+        .then(|| key.to_public_key_der().ok().map(|der| der.as_bytes().to_vec()))
+        .flatten();
     Ok(VerificationKey {
         kid,
         algorithm,
         key,
         fast,
+        spki,
         material,
     })
 }

@@ -8,9 +8,9 @@
 use jwt_compact::alg::Rsa;
 use jwt_compact::{AlgorithmExt, Claims, ParseError, UntrustedToken, ValidationError};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::algorithm::Algorithm;
+use crate::host::RsaHost;
 use crate::jwks::{KeyMaterial, KeySet};
 use crate::principal::{Audience, Principal, PrincipalKind, ScopeClaim};
 use crate::rejection::Rejection;
@@ -137,29 +137,30 @@ fn rsa_algorithm(algorithm: Algorithm) -> Rsa {
     }
 }
 
-/// SHA-256 of the JWS signing input (`header.payload`): the key of the
-/// verified-token cache and, for RS256, the digest the signature is checked
-/// against, so a request hashes its token once.
-pub fn signing_digest(token: &str) -> [u8; 32] {
-    let input = token.rsplit_once('.').map_or(token, |(input, _)| input);
-    Sha256::digest(input.as_bytes()).into()
-}
-
 /// Verifies a JWT access token and returns who it speaks for.
 /// `now` is seconds since the epoch, from the host clock.
 pub fn verify(token: &str, keys: &KeySet, rules: &ClaimRules<'_>, now: u64) -> Result<Principal, JwtError> {
-    verify_with_digest(token, &signing_digest(token), keys, rules, now).map(|(principal, _)| principal)
+    verify_with(token, keys, rules, now, None).map(|v| v.principal)
 }
 
-/// [`verify`] with the [`signing_digest`] already computed; also says which
-/// key material verified the signature.
-pub fn verify_with_digest(
+/// A verified token: who it speaks for, which key material verified it, and
+/// whether the host's verifier did.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub principal: Principal,
+    pub key: KeyMaterial,
+    pub by_host: bool,
+}
+
+/// [`verify`], with RS256 signatures checked by `host` when it is given
+/// and answers (the in-module verifier otherwise).
+pub fn verify_with(
     token: &str,
-    digest: &[u8; 32],
     keys: &KeySet,
     rules: &ClaimRules<'_>,
     now: u64,
-) -> Result<(Principal, KeyMaterial), JwtError> {
+    host: Option<&dyn RsaHost>,
+) -> Result<Verified, JwtError> {
     let untrusted = UntrustedToken::<ExtraHeader>::try_from(token).map_err(|e| match e {
         ParseError::InvalidTokenStructure => JwtError::NotAJwt,
         ParseError::InvalidBase64Encoding => JwtError::NotBase64,
@@ -186,11 +187,23 @@ pub fn verify_with_digest(
     if key.algorithm != alg {
         return Err(JwtError::KeyAlgorithmMismatch);
     }
-    let claims: Claims<AccessTokenClaims> = match (&key.fast, alg) {
-        // The fast path: the digest is the one the caller already has; the
-        // algorithm was checked against the allow-list and the key above.
-        (Some(fast), Algorithm::Rs256) => {
-            if !fast.verify_digest(digest, untrusted.signature_bytes()) {
+    let signing_input = token.rsplit_once('.').map_or(token, |(input, _)| input);
+    let signature = untrusted.signature_bytes();
+    // The algorithm was checked against the allow-list and the key above.
+    let by_host = match (host, &key.spki) {
+        (Some(host), Some(spki)) if alg == Algorithm::Rs256 => {
+            host.verify_pkcs1_sha256(spki, signing_input.as_bytes(), signature)
+        }
+        _ => None,
+    };
+    let claims: Claims<AccessTokenClaims> = match (by_host, &key.fast, alg) {
+        (Some(false), ..) => return Err(JwtError::BadSignature),
+        (Some(true), ..) => untrusted
+            .deserialize_claims_unchecked()
+            .map_err(|_| JwtError::MalformedClaims)?,
+        // The module's own RS256: s^65537 mod n, vectorised for wasm.
+        (None, Some(fast), Algorithm::Rs256) => {
+            if !fast.verify(signing_input.as_bytes(), signature) {
                 return Err(JwtError::BadSignature);
             }
             untrusted
@@ -240,7 +253,11 @@ pub fn verify_with_digest(
         },
         expires_at: u64::try_from(exp).unwrap_or(0),
     };
-    Ok((principal, key.material))
+    Ok(Verified {
+        principal,
+        key: key.material,
+        by_host: by_host.is_some(),
+    })
 }
 
 #[cfg(test)]

@@ -33,6 +33,9 @@ mod config_error;
 mod credential;
 pub mod decision;
 mod endpoint;
+// The wire format of a host call the Envoy glue (wasm32 only) makes.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+mod foreign;
 mod host;
 mod introspection;
 mod jwks;

@@ -21,6 +21,7 @@ use crypto_bigint::modular::FixedMontyParams;
 use crypto_bigint::{Encoding, Odd, Uint, U2048, U3072, U4096};
 use sha2::{Digest, Sha256};
 
+use crate::host::RsaHost;
 use crate::monty::{self, Modulus};
 
 /// DER encoding of the SHA-256 `DigestInfo` prefix (RFC 8017 §9.2 note 1).
@@ -130,6 +131,43 @@ fn is_pkcs1_sha256(em: &[u8], digest: &[u8]) -> bool {
         && em[2 + padding] == 0x00
         && em[3 + padding..3 + padding + SHA256_DIGEST_INFO.len()] == SHA256_DIGEST_INFO
         && &em[em.len() - digest.len()..] == digest
+}
+
+/// RFC 7515 appendix A.2: an RS256 JWS and its published key (base64url).
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+mod rfc7515 {
+    pub const N: &str = "ofgWCuLjybRlzo0tZWJjNiuSfb4p4fAkd_wWJcyQoTbji9k0l8W26mPddxHmfHQp-Vaw-4qPCJrcS2mJPMEzP1Pt0Bm4d4QlL-yRT-SFd2lZS-pCgNMsD1W_YpRPEwOWvG6b32690r2jZ47soMZo9wGzjb_7OMg0LOL-bSf63kpaSHSXndS5z5rexMdbBYUsLA9e-KXBdQOS-UTo7WTBEMa2R2CapHg665xsmtdVMTBQY4uDZlxvb3qCo5ZwKh9kG4LT6_I5IhlJH7aGhyxXFvUK-DWNmoudF8NAco9_h9iaGNj8q2ethFkMLs91kzk2PAcDTW9gb54h4FRWyuXpoQ";
+    pub const INPUT: &[u8] = b"eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ";
+    pub const SIGNATURE: &str = "cC4hiUPoj9Eetdgtv3hF80EGrhuB__dzERat0XF9g2VtQgr9PJbu3XOiZj5RZmh7AAuHIm4Bh-0Qc_lF5YKt_O8W2Fp5jujGbds9uJdbF9CUAr7t1dnZcAcQjbKBYNX4BAynRFdiuB--f_nZLgrnbyTyWzO75vRK5h6xBArLIARNPvkSjtQBMHlb1L07Qe7K0GarZRmB_eSN9383LcOLn6_dO--xi12jzDwusC-eOkHWEsqtFZESc6BfI7noOPqvhJ1phCnvWh6IeYI2w9QOYEUipUTI8np6LbgGY9Fs98rqVt5AXLIhWkWywlVmtVrBp0igcN_IoypGlUPQGe77Rw";
+}
+
+// Used by the Envoy glue (wasm32 only) and the tests.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+/// Whether a host verifier answers like this module on a known vector: the
+/// RFC 7515 A.2 signature accepted, a tampered message and a flipped
+/// signature refused. The host's verifier is used only when this holds.
+pub fn host_agrees(host: &dyn RsaHost) -> bool {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use rsa::pkcs8::EncodePublicKey;
+    let (Ok(n), Ok(signature)) = (
+        URL_SAFE_NO_PAD.decode(rfc7515::N),
+        URL_SAFE_NO_PAD.decode(rfc7515::SIGNATURE),
+    ) else {
+        return false;
+    };
+    let key = rsa::RsaPublicKey::new(rsa::BigUint::from_bytes_be(&n), rsa::BigUint::from(F4));
+    let Some(spki) = key.ok().and_then(|k| k.to_public_key_der().ok()) else {
+        return false;
+    };
+    let spki = spki.as_bytes();
+    let mut tampered = rfc7515::INPUT.to_vec();
+    tampered[40] ^= 1;
+    let mut flipped = signature.clone();
+    flipped[100] ^= 0x10;
+    host.verify_pkcs1_sha256(spki, rfc7515::INPUT, &signature) == Some(true)
+        && host.verify_pkcs1_sha256(spki, &tampered, &signature) == Some(false)
+        && host.verify_pkcs1_sha256(spki, rfc7515::INPUT, &flipped) == Some(false)
 }
 
 #[cfg(test)]
@@ -316,10 +354,10 @@ mod tests {
     #[test]
     fn a_published_vector_verifies() {
         // RFC 7515 appendix A.2: an RS256 JWS with its published RSA key.
-        let n = base64url("ofgWCuLjybRlzo0tZWJjNiuSfb4p4fAkd_wWJcyQoTbji9k0l8W26mPddxHmfHQp-Vaw-4qPCJrcS2mJPMEzP1Pt0Bm4d4QlL-yRT-SFd2lZS-pCgNMsD1W_YpRPEwOWvG6b32690r2jZ47soMZo9wGzjb_7OMg0LOL-bSf63kpaSHSXndS5z5rexMdbBYUsLA9e-KXBdQOS-UTo7WTBEMa2R2CapHg665xsmtdVMTBQY4uDZlxvb3qCo5ZwKh9kG4LT6_I5IhlJH7aGhyxXFvUK-DWNmoudF8NAco9_h9iaGNj8q2ethFkMLs91kzk2PAcDTW9gb54h4FRWyuXpoQ");
+        let n = base64url(rfc7515::N);
         let key = PreparedKey::new(&n, &[1, 0, 1]).unwrap();
-        let input = b"eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ";
-        let signature = base64url("cC4hiUPoj9Eetdgtv3hF80EGrhuB__dzERat0XF9g2VtQgr9PJbu3XOiZj5RZmh7AAuHIm4Bh-0Qc_lF5YKt_O8W2Fp5jujGbds9uJdbF9CUAr7t1dnZcAcQjbKBYNX4BAynRFdiuB--f_nZLgrnbyTyWzO75vRK5h6xBArLIARNPvkSjtQBMHlb1L07Qe7K0GarZRmB_eSN9383LcOLn6_dO--xi12jzDwusC-eOkHWEsqtFZESc6BfI7noOPqvhJ1phCnvWh6IeYI2w9QOYEUipUTI8np6LbgGY9Fs98rqVt5AXLIhWkWywlVmtVrBp0igcN_IoypGlUPQGe77Rw");
+        let input = rfc7515::INPUT;
+        let signature = base64url(rfc7515::SIGNATURE);
         assert!(key.verify(input, &signature));
         let mut tampered = input.to_vec();
         tampered[40] ^= 1;
@@ -330,5 +368,35 @@ mod tests {
         use base64::engine::general_purpose::URL_SAFE_NO_PAD;
         use base64::Engine as _;
         URL_SAFE_NO_PAD.decode(text).unwrap()
+    }
+
+    /// A host verifier that is the rsa crate: what Envoy's should agree with.
+    struct RsaCrateHost;
+
+    impl RsaHost for RsaCrateHost {
+        fn verify_pkcs1_sha256(&self, spki: &[u8], message: &[u8], signature: &[u8]) -> Option<bool> {
+            use rsa::pkcs8::DecodePublicKey;
+            let key = RsaPublicKey::from_public_key_der(spki).ok()?;
+            let verifier = VerifyingKey::<sha2::Sha256>::new(key);
+            let signature = Signature::try_from(signature).ok()?;
+            Some(verifier.verify(message, &signature).is_ok())
+        }
+    }
+
+    /// Says yes to everything, or cannot be asked: never to be trusted.
+    struct Yes(Option<bool>);
+
+    impl RsaHost for Yes {
+        fn verify_pkcs1_sha256(&self, _: &[u8], _: &[u8], _: &[u8]) -> Option<bool> {
+            self.0
+        }
+    }
+
+    #[test]
+    fn a_host_verifier_is_trusted_only_if_it_agrees_on_the_known_vector() {
+        assert!(host_agrees(&RsaCrateHost));
+        assert!(!host_agrees(&Yes(Some(true))), "a verifier that accepts anything");
+        assert!(!host_agrees(&Yes(Some(false))), "a verifier that refuses everything");
+        assert!(!host_agrees(&Yes(None)), "a host without a verifier");
     }
 }

@@ -26,10 +26,15 @@ pub enum Stat {
     JwksFetches,
     /// Key fetches that failed (the last good set is kept).
     JwksFetchFailures,
+    /// RS256 signatures checked by Envoy (BoringSSL, `verify_signature`).
+    Rs256HostVerifications,
+    /// Signatures checked in the module (RS256 when the host does not offer
+    /// a verifier or `rsa_verifier` is `module`; the other algorithms).
+    Rs256ModuleVerifications,
 }
 
 impl Stat {
-    pub const ALL: [Stat; 10] = [
+    pub const ALL: [Stat; 12] = [
         Self::Allowed,
         Self::Denied400,
         Self::Denied401,
@@ -40,6 +45,8 @@ impl Stat {
         Self::IntrospectionsOverBudget,
         Self::JwksFetches,
         Self::JwksFetchFailures,
+        Self::Rs256HostVerifications,
+        Self::Rs256ModuleVerifications,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +61,8 @@ impl Stat {
             Self::IntrospectionsOverBudget => "introspections_over_budget",
             Self::JwksFetches => "jwks_fetches",
             Self::JwksFetchFailures => "jwks_fetch_failures",
+            Self::Rs256HostVerifications => "signatures_verified_by_host",
+            Self::Rs256ModuleVerifications => "signatures_verified_in_module",
         }
     }
 

@@ -1,46 +1,91 @@
 //! What a worker remembers between requests, in plain memory (no
-//! serialisation, no host call: a hit costs a hash and a map lookup).
+//! serialisation, no host call, no cryptographic hash: a hit costs a short
+//! hash of the token's last bytes, a map lookup and one full comparison).
 //!
-//! - Verified JWTs: SHA-256 of a token's signing input (plus its signature,
-//!   compared on every hit) → the identity its verification produced, so a
-//!   repeated token skips signature work. The digest is the one the RS256
-//!   check needs anyway: one hash per request. Entries live until the
-//!   token's `exp` plus the clock skew the verifier allows; when the signing
-//!   keys change, the entries of keys that changed or disappeared are
-//!   dropped, so a retired key stops working at the next key refresh, cached
-//!   or not, while tokens of unchanged keys stay remembered.
-//! - Reference tokens: SHA-256 of the token → the identity of an active
-//!   answer from the shared cache (or the callout that filled it), until
-//!   that shared entry's own expiry, so a worker reads and parses a token's
-//!   answer once instead of on every request. Revocation is seen exactly as
-//!   late as before: never later than `cache_max_ttl_seconds`.
+//! - Verified JWTs: the token → the identity its verification produced, so a
+//!   repeated token skips all signature work. Entries live until the token's
+//!   `exp` plus the clock skew the verifier allows; when the signing keys
+//!   change, the entries of keys that changed or disappeared are dropped, so
+//!   a retired key stops working at the next key refresh, cached or not,
+//!   while tokens of unchanged keys stay remembered.
+//! - Reference tokens: the token → the identity of an active answer from
+//!   the shared cache (or the callout that filled it), until that shared
+//!   entry's own expiry, so a worker reads and parses a token's answer once
+//!   instead of on every request. Revocation is seen exactly as late as
+//!   before: never later than `cache_max_ttl_seconds`.
 //!
-//! Each map is bounded (emptied when full). Scopes are still checked against
-//! the route on every request.
+//! A token is found by a hash of its last 32 bytes (a JWT's signature, an
+//! `enrt_` token's random digits: what differs between tokens) and its
+//! length, then compared in full: a made-up token that shares a stored
+//! token's tail is a miss, never a hit. Only verified tokens are stored, so
+//! a client cannot fill a bucket with collisions. Each map is bounded
+//! (emptied when full). Scopes are still checked against the route on every
+//! request.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hasher};
 use std::rc::Rc;
 
 use crate::jwks::KeyMaterial;
 use crate::principal::Identity;
-use crate::secret::TokenHash;
 
-/// Identities by token hash, each with a check string (a JWT's signature)
-/// and an expiry.
-#[derive(Debug, Default)]
+/// Identities by token, each with an expiry. `Debug` shows sizes only:
+/// the tokens are secrets.
+#[derive(Default)]
 pub struct VerifiedCache {
-    entries: HashMap<TokenHash, Entry>,
+    /// Entries by the hash of their token's tail; a bucket holds the rare
+    /// tokens that share it.
+    buckets: HashMap<u64, Vec<Entry>, BuildHasherDefault<Passthrough>>,
+    len: usize,
     capacity: usize,
 }
 
-#[derive(Debug)]
 struct Entry {
-    check: Box<str>,
+    token: Box<str>,
     /// The material of the key that verified a JWT (`None`: a reference token).
     key: Option<KeyMaterial>,
     identity: Rc<Identity>,
     /// Last second (since the epoch) the entry may be used.
     until: u64,
+}
+
+impl std::fmt::Debug for VerifiedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedCache")
+            .field("len", &self.len)
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+/// The map's keys are hashes already.
+#[derive(Debug, Default)]
+struct Passthrough(u64);
+
+impl Hasher for Passthrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// SipHash of the token's length and last 32 bytes.
+fn tail_hash(token: &str) -> u64 {
+    let bytes = token.as_bytes();
+    let tail = &bytes[bytes.len().saturating_sub(32)..];
+    let mut h = BuildHasherDefault::<DefaultHasher>::default().build_hasher();
+    h.write_usize(bytes.len());
+    h.write(tail);
+    h.finish()
 }
 
 /// Both of a worker's maps.
@@ -65,58 +110,63 @@ impl VerifiedCache {
     /// A cache of at most `capacity` tokens; 0 disables it.
     pub fn new(capacity: usize) -> Self {
         Self {
-            entries: HashMap::with_capacity(capacity.min(1024)),
+            buckets: HashMap::with_capacity_and_hasher(capacity.min(1024), BuildHasherDefault::default()),
+            len: 0,
             capacity,
         }
     }
 
-    /// The identity remembered for `hash` with the same `check` (a JWT's
-    /// signature; empty for reference tokens), if `now` is not past its
-    /// expiry.
-    pub fn get(&self, hash: &TokenHash, check: &str, now: u64) -> Option<&Rc<Identity>> {
-        self.entries
-            .get(hash)
-            .filter(|e| &*e.check == check && now <= e.until)
+    /// The identity remembered for exactly this token, if `now` is not past
+    /// its expiry.
+    pub fn get(&self, token: &str, now: u64) -> Option<&Rc<Identity>> {
+        if self.len == 0 {
+            return None;
+        }
+        self.buckets
+            .get(&tail_hash(token))?
+            .iter()
+            .find(|e| &*e.token == token && now <= e.until)
             .map(|e| &e.identity)
     }
 
     /// Remembers an identity until second `until`. A full cache is emptied
     /// first: bounded memory without bookkeeping on the hot path.
-    pub fn insert(
-        &mut self,
-        hash: TokenHash,
-        check: &str,
-        key: Option<KeyMaterial>,
-        identity: Rc<Identity>,
-        until: u64,
-    ) {
+    pub fn insert(&mut self, token: &str, key: Option<KeyMaterial>, identity: Rc<Identity>, until: u64) {
         if self.capacity == 0 {
             return;
         }
-        if self.entries.len() >= self.capacity {
-            self.entries.clear();
+        if self.len >= self.capacity {
+            self.buckets.clear();
+            self.len = 0;
         }
-        let entry = Entry {
-            check: check.into(),
+        let bucket = self.buckets.entry(tail_hash(token)).or_default();
+        bucket.retain(|e| &*e.token != token);
+        let before = bucket.len();
+        bucket.push(Entry {
+            token: token.into(),
             key,
             identity,
             until,
-        };
-        self.entries.insert(hash, entry);
+        });
+        self.len = self.len + bucket.len() - before;
     }
 
     /// Forgets the tokens verified by keys that are gone (the signing keys
     /// changed): `keep` says which key material is still trusted.
     pub fn retain_keys(&mut self, keep: impl Fn(&KeyMaterial) -> bool) {
-        self.entries.retain(|_, e| e.key.as_ref().is_none_or(&keep));
+        for bucket in self.buckets.values_mut() {
+            bucket.retain(|e| e.key.as_ref().is_none_or(&keep));
+        }
+        self.buckets.retain(|_, bucket| !bucket.is_empty());
+        self.len = self.buckets.values().map(Vec::len).sum();
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 }
 
@@ -124,7 +174,6 @@ impl VerifiedCache {
 mod tests {
     use super::*;
     use crate::principal::{Principal, PrincipalKind};
-    use crate::secret::hash_token;
 
     fn principal(exp: u64) -> Rc<Identity> {
         let principal = Principal {
@@ -145,26 +194,33 @@ mod tests {
     #[test]
     fn entries_live_until_their_expiry() {
         let mut c = VerifiedCache::new(10);
-        let h = hash_token("a.b.c");
-        c.insert(h, "sig", None, principal(100), 160);
-        assert!(c.get(&h, "sig", 160).is_some());
-        assert!(c.get(&h, "sig", 161).is_none());
+        c.insert("a.b.c", None, principal(100), 160);
+        assert!(c.get("a.b.c", 160).is_some());
+        assert!(c.get("a.b.c", 161).is_none());
     }
 
     #[test]
-    fn the_same_payload_with_another_signature_is_not_a_hit() {
+    fn only_the_exact_token_is_a_hit() {
         let mut c = VerifiedCache::new(10);
-        let h = hash_token("a.b");
-        c.insert(h, "good", None, principal(100), 100);
-        assert!(c.get(&h, "forged", 0).is_none());
-        assert!(c.get(&h, "", 0).is_none());
+        let token = format!("header.payload.{}", "s".repeat(342));
+        c.insert(&token, None, principal(100), 100);
+        assert!(c.get(&token, 0).is_some());
+        let same_tail = format!("other.claims.{}", "s".repeat(342));
+        assert!(c.get(&same_tail, 0).is_none(), "same tail, another token");
+        let same_length = format!("HEADER.payload.{}", "s".repeat(342));
+        assert!(c.get(&same_length, 0).is_none(), "same tail and length, another token");
+        c.insert(&same_length, None, principal(200), 100);
+        assert_eq!(c.len(), 2, "both live in one bucket");
+        assert_eq!(c.get(&token, 0).map(|i| i.principal.expires_at), Some(100));
+        assert_eq!(c.get(&same_length, 0).map(|i| i.principal.expires_at), Some(200));
+        assert!(c.get("", 0).is_none());
     }
 
     #[test]
     fn the_cache_stays_bounded() {
         let mut c = VerifiedCache::new(100);
         for i in 0..10_000 {
-            c.insert(hash_token(&i.to_string()), "s", None, principal(100), 100);
+            c.insert(&format!("token-{i}"), None, principal(100), 100);
             assert!(c.len() <= 100);
         }
     }
@@ -172,7 +228,7 @@ mod tests {
     #[test]
     fn zero_capacity_disables_it() {
         let mut c = VerifiedCache::new(0);
-        c.insert(hash_token("a"), "s", None, principal(100), 100);
+        c.insert("a", None, principal(100), 100);
         assert!(c.is_empty());
     }
 
@@ -180,15 +236,13 @@ mod tests {
     fn only_entries_of_keys_that_are_gone_are_forgotten() {
         let mut c = VerifiedCache::new(10);
         let (kept, gone) = ([1u8; 32], [2u8; 32]);
-        c.insert(hash_token("a"), "s", Some(kept), principal(100), 100);
-        c.insert(hash_token("b"), "s", Some(gone), principal(100), 100);
-        c.insert(hash_token("enrt_c"), "", None, principal(100), 100);
+        c.insert("a", Some(kept), principal(100), 100);
+        c.insert("b", Some(gone), principal(100), 100);
+        c.insert("enrt_c", None, principal(100), 100);
         c.retain_keys(|m| *m == kept);
-        assert!(c.get(&hash_token("a"), "s", 0).is_some());
-        assert!(c.get(&hash_token("b"), "s", 0).is_none());
-        assert!(
-            c.get(&hash_token("enrt_c"), "", 0).is_some(),
-            "reference answers do not depend on keys"
-        );
+        assert!(c.get("a", 0).is_some());
+        assert!(c.get("b", 0).is_none());
+        assert!(c.get("enrt_c", 0).is_some(), "reference answers do not depend on keys");
+        assert_eq!(c.len(), 2);
     }
 }

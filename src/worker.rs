@@ -26,7 +26,7 @@ use std::time::Duration;
 use crate::cache::{last_usable_second, Claim, Flight, ReferenceCache};
 use crate::config::Config;
 use crate::decision::{Allowed, Engine, PendingJwt, PendingReference, RequestHead, Step, Verdict};
-use crate::host::{Callout, CalloutResponse, Now, SharedStore};
+use crate::host::{Callout, CalloutResponse, Now, RsaHost, SharedStore};
 use crate::introspection::{self, Answer, AnswerRules, OVER_BUDGET, UNAVAILABLE};
 use crate::jwks::KeySet;
 use crate::jwt::JwtError;
@@ -141,9 +141,9 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker for a validated configuration; `root` is its root context.
-    /// `namespace` prefixes its shared-data keys.
-    pub fn new(config: Config, root: ContextId) -> Self {
+    /// A worker for a validated configuration; `root` is its root context;
+    /// `rsa_host` the host's RSA verifier, when it offers one.
+    pub fn new(config: Config, root: ContextId, rsa_host: Option<Box<dyn RsaHost>>) -> Self {
         let cache = config.introspection.as_ref().map(|i| {
             // Two configurations share cached answers only when everything
             // that decides an answer and its lifetime is the same.
@@ -176,7 +176,10 @@ impl Worker {
         );
         let keys = config.inline_keys.clone();
         Self {
-            engine: Rc::new(Engine::new(config)),
+            engine: Rc::new(match rsa_host {
+                Some(host) => Engine::new(config).with_rsa_host(host),
+                None => Engine::new(config),
+            }),
             root,
             cache,
             key_sync,
@@ -253,7 +256,7 @@ impl Worker {
             Step::Introspect(pending) => self.introspect(stream, pending, now, store, &mut out),
             Step::AwaitKeys(pending) => self.await_keys(stream, pending, now, store, &mut out),
         }
-        self.retick(&mut out);
+        self.wrap_up(&mut out);
         out
     }
 
@@ -305,7 +308,7 @@ impl Worker {
                 self.resolve(&hash, Err(&UNAVAILABLE), None, &mut out);
             }
         }
-        self.retick(&mut out);
+        self.wrap_up(&mut out);
         out
     }
 
@@ -323,7 +326,7 @@ impl Worker {
             Some(Purpose::Keys) => self.keys_fetched(response, now, store, &mut out),
             Some(Purpose::Introspect(hash)) => self.introspected(&hash, response, now, store, &mut out),
         }
-        self.retick(&mut out);
+        self.wrap_up(&mut out);
         out
     }
 
@@ -339,7 +342,7 @@ impl Worker {
             // waiting on a timer that can no longer tell time.
             None => self.reply_all(&NO_CLOCK, &mut out),
         }
-        self.retick(&mut out);
+        self.wrap_up(&mut out);
         out
     }
 
@@ -383,7 +386,7 @@ impl Worker {
                 },
             }
         }
-        self.retick(&mut out);
+        self.wrap_up(&mut out);
         out
     }
 
@@ -793,6 +796,15 @@ impl Worker {
         } else {
             Duration::ZERO
         }
+    }
+
+    /// The end of every event: the tick period the work needs, and the
+    /// signatures verified meanwhile, by path.
+    fn wrap_up(&mut self, out: &mut Vec<Effect>) {
+        self.retick(out);
+        let (host, module) = self.engine.take_verifications();
+        out.extend((0..host).map(|_| Effect::Count(Stat::Rs256HostVerifications)));
+        out.extend((0..module).map(|_| Effect::Count(Stat::Rs256ModuleVerifications)));
     }
 
     /// Asks the host for the tick period the work needs, if it changed.

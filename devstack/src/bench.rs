@@ -115,6 +115,14 @@ pub fn run() -> Result<(), Error> {
             expect: 200,
         },
         Scenario {
+            name: "h3",
+            what: "the same, with the second counter a cached reference token bumps",
+            filters: wasm_filter_raw(&probe_wasm, "map\ntime\nadd 5\nmetric\nmetric") + &router(),
+            tokens: vec![one.clone()],
+            header: "authorization",
+            expect: 200,
+        },
+        Scenario {
             name: "n1",
             what: "native jwt_authn, no cache",
             filters: jwt_authn(&jwks, false) + &router(),
@@ -584,19 +592,18 @@ fn report(scenarios: &[Scenario], samples: &[Vec<Sample>], rounds: usize, second
     let ratio = |x: &str, y: &str| rps_of(x) / rps_of(y);
     let _ = writeln!(
         out,
-        "\nChecks: (j1)/(a2) = {:.2} and (r1)/(a2) = {:.2} (target ≥ 0.95; (h1)/(a2) = {:.2} is the most \
-         any filter that reads a header reaches); (j2)/(n1) = {:.2} (target ≥ 0.5); (j3)/(j2) = {:.2} \
-         (target ≥ 0.9).",
-        ratio("j1", "a2"),
-        ratio("r1", "a2"),
-        ratio("h1", "a2"),
+        "\nChecks: (j2)/(n1) = {:.2} and (j3)/(j2) = {:.2} (targets ≥ 0.9): a fresh token against \
+         Envoy's own jwt_authn. (j1)/(h2) = {:.2} and (r1)/(h3) = {:.2}, (r1)/(h2) = {:.2} (targets \
+         ≥ 0.95): a cached credential against the same host calls without the filter's work between \
+         them ((h3) adds the reference-cache counter (r1) bumps). For scale: (j1)/(a2) = {:.2}, \
+         (h1)/(a2) = {:.2}.",
         ratio("j2", "n1"),
         ratio("j3", "j2"),
-    );
-    let _ = writeln!(
-        out,
-        "A cached JWT against the same host calls without the work between them: (j1)/(h2) = {:.2}.",
         ratio("j1", "h2"),
+        ratio("r1", "h3"),
+        ratio("r1", "h2"),
+        ratio("j1", "a2"),
+        ratio("h1", "a2"),
     );
     out
 }

@@ -9,7 +9,7 @@ use hmac::{Hmac, Mac};
 use rsa::pkcs1v15::SigningKey as Pkcs1SigningKey;
 use rsa::pkcs8::{EncodePublicKey, LineEnding};
 use rsa::signature::{SignatureEncoding, Signer};
-use rsa::traits::PublicKeyParts;
+use rsa::traits::{PrivateKeyParts, PublicKeyParts};
 use rsa::RsaPrivateKey;
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -67,6 +67,74 @@ impl SigningKey {
             .sign(message)
             .to_vec()
     }
+
+    /// The raw private-key operation `em^d mod n`, as `k` bytes: signs any
+    /// encoded message, well-formed or not.
+    pub fn raw(&self, em: &[u8]) -> Vec<u8> {
+        let n = self.private.n();
+        let s = rsa::BigUint::from_bytes_be(em).modpow(self.private.d(), n);
+        left_pad(&s.to_bytes_be(), self.private.size())
+    }
+
+    /// The modulus, `k` bytes.
+    pub fn modulus(&self) -> Vec<u8> {
+        left_pad(&self.private.n().to_bytes_be(), self.private.size())
+    }
+
+    /// Signatures of `input` that a PKCS#1 v1.5 SHA-256 verifier must refuse,
+    /// each with what is wrong with it: every way an RS256 check has been
+    /// got wrong.
+    pub fn forged_signatures(&self, input: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+        const SHA256_INFO: [u8; 19] = [
+            0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04,
+            0x20,
+        ];
+        let k = self.private.size();
+        let digest: Vec<u8> = {
+            use sha2::Digest as _;
+            Sha256::digest(input).to_vec()
+        };
+        // 00 01 FF..FF 00 || info || digest, with `block` as the block type.
+        let encode = |block: u8, pad: u8, info: &[u8], digest: &[u8]| {
+            let mut em = vec![0x00, block];
+            em.extend(std::iter::repeat_n(pad, k - 3 - info.len() - digest.len()));
+            em.push(0x00);
+            em.extend_from_slice(info);
+            em.extend_from_slice(digest);
+            em
+        };
+        let valid = self.sign_rs256(input);
+        let mut flipped = valid.clone();
+        flipped[k / 2] ^= 0x01;
+        let mut longer = vec![0u8];
+        longer.extend_from_slice(&valid);
+        let mut wrong_oid = SHA256_INFO;
+        wrong_oid[14] ^= 0x01;
+        let mut bad_padding = encode(0x01, 0xff, &SHA256_INFO, &digest);
+        bad_padding[10] = 0xfe;
+        let mut n_plus_one = rsa::BigUint::from_bytes_be(&self.modulus());
+        n_plus_one += 1u32;
+        let mut other = input.to_vec();
+        other.push(b'x');
+        vec![
+            ("one bit flipped", flipped),
+            ("s = n", self.modulus()),
+            ("s = n + 1", left_pad(&n_plus_one.to_bytes_be(), k)),
+            ("one byte longer", longer),
+            ("one byte shorter", valid[1..].to_vec()),
+            ("wrong DigestInfo", self.raw(&encode(0x01, 0xff, &wrong_oid, &digest))),
+            ("no DigestInfo", self.raw(&encode(0x01, 0xff, &[], &digest))),
+            ("bad padding", self.raw(&bad_padding)),
+            ("block type 2", self.raw(&encode(0x02, 0x5a, &SHA256_INFO, &digest))),
+            ("another message's signature", self.sign_rs256(&other)),
+        ]
+    }
+}
+
+fn left_pad(bytes: &[u8], k: usize) -> Vec<u8> {
+    let mut out = vec![0u8; k.saturating_sub(bytes.len())];
+    out.extend_from_slice(bytes);
+    out
 }
 
 /// A JWKS document of these keys.
