@@ -335,7 +335,8 @@ fn filter_config(jwks: &Value, jwt_cache: usize, reference_ttl: u64) -> Result<V
             "jwks": jwks,
             "remote_jwks": null,
             "jwt_cache_max_entries": jwt_cache,
-            "introspection": {"cache_max_ttl_seconds": reference_ttl},
+            // (r2) measures a callout per request, not the flood budget.
+            "introspection": {"cache_max_ttl_seconds": reference_ttl, "max_calls_per_second": 100_000},
         }),
     );
     Ok(config)
