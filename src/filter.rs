@@ -26,13 +26,6 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> { Box::new(Root { context_id, shared: None }) });
 }}
 
-/// Verification needs no randomness; anything asking for it gets an error
-/// instead of a `wasm-bindgen` import Envoy cannot provide.
-fn no_randomness(_: &mut [u8]) -> Result<(), getrandom::Error> {
-    Err(getrandom::Error::UNSUPPORTED)
-}
-getrandom::register_custom_getrandom!(no_randomness);
-
 /// Envoy's shared data, visible to every worker.
 struct HostStore;
 
@@ -88,21 +81,23 @@ impl CalloutResponse for HostResponse {
     }
 }
 
-/// The counters of [`Stat`], in its order.
+/// The counters of [`Stat`], in its order (none if Envoy refused one).
 struct Metrics(Vec<u32>);
 
 impl Metrics {
-    fn define() -> Option<Self> {
+    fn define() -> Self {
         let define =
             |s: Stat| hostcalls::define_metric(MetricType::Counter, &format!("erp_edge_validator.{}", s.name()));
-        Stat::ALL
-            .into_iter()
-            .map(|s| define(s).ok())
-            .collect::<Option<Vec<_>>>()
-            .map(Self)
+        Self(
+            Stat::ALL
+                .into_iter()
+                .map(|s| define(s).ok())
+                .collect::<Option<_>>()
+                .unwrap_or_default(),
+        )
     }
 
-    fn bump(&self, stat: Stat) {
+    fn count(&self, stat: Stat) {
         // A stats failure must not change a decision.
         if let Some(id) = self.0.get(stat as usize) {
             let _ = hostcalls::increment_metric(*id, 1);
@@ -113,7 +108,9 @@ impl Metrics {
 /// Everything a worker's contexts share.
 struct Shared {
     worker: RefCell<Worker>,
-    metrics: Option<Metrics>,
+    metrics: Metrics,
+    /// `realm` of every challenge, kept here so a reply borrows nothing.
+    realm: String,
 }
 
 impl Shared {
@@ -142,7 +139,7 @@ impl Shared {
             match effect {
                 Effect::Allow { allowed, .. } => match rewrite(&allowed) {
                     Ok(()) => {
-                        self.count(Stat::Allowed);
+                        self.metrics.count(Stat::Allowed);
                         if is_current {
                             action = Action::Continue;
                         } else if let Err(status) = hostcalls::resume_http_request() {
@@ -158,32 +155,20 @@ impl Shared {
                     let timeout = Duration::from_millis(callout.timeout_ms);
                     let call = hostcalls::dispatch_http_call(&callout.cluster, headers, body, Vec::new(), timeout);
                     if let Err(status) = &call {
-                        log::error!(
-                            "erp-edge-validator: cannot call cluster `{}`: {status:?}",
-                            callout.cluster
-                        );
+                        log::error!("erp-edge-validator: cannot call `{}`: {status:?}", callout.cluster);
                     }
-                    let next = self
-                        .worker
-                        .borrow_mut()
-                        .dispatched(purpose, from, call.ok(), now(), &HostStore);
-                    queue.extend(next);
+                    let mut worker = self.worker.borrow_mut();
+                    queue.extend(worker.dispatched(purpose, from, call.ok(), now(), &HostStore));
                 }
                 Effect::Tick(period) => {
                     if let Err(status) = hostcalls::set_tick_period(period) {
                         log::error!("erp-edge-validator: cannot set the tick period: {status:?}");
                     }
                 }
-                Effect::Count(stat) => self.count(stat),
+                Effect::Count(stat) => self.metrics.count(stat),
             }
         }
         action
-    }
-
-    fn count(&self, stat: Stat) {
-        if let Some(m) = &self.metrics {
-            m.bump(stat);
-        }
     }
 
     /// Hands an event, handled in context `from`, to the worker and
@@ -198,11 +183,16 @@ impl Shared {
         self.execute(effects, from, current)
     }
 
+    /// A callout answered on context `from`.
+    fn answered(&self, call: u32, body_size: usize, from: ContextId) {
+        let response = HostResponse { body_size };
+        self.run(from, None, |w| w.answered(call, &response, now(), &HostStore));
+    }
+
     /// Sends the rejection's reply on the effective context.
     fn reply(&self, rejection: &Rejection) {
-        let realm = self.worker.borrow().config().realm.clone();
-        self.count(Stat::of_decision(Some(rejection.status())));
-        send_reply(rejection, &realm);
+        self.metrics.count(Stat::of_decision(Some(rejection.status())));
+        send_reply(rejection, &self.realm);
     }
 }
 
@@ -210,10 +200,7 @@ fn send_reply(rejection: &Rejection, realm: &str) {
     let response = rejection.to_response(realm);
     let headers: Vec<(&str, &str)> = response.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     if let Err(status) = hostcalls::send_http_response(response.status, headers, Some(response.body.as_bytes())) {
-        log::error!(
-            "erp-edge-validator: cannot send the {} reply: {status:?}",
-            response.status
-        );
+        log::error!("erp-edge-validator: cannot send a reply: {status:?}");
     }
 }
 
@@ -239,10 +226,7 @@ struct Root {
 impl Context for Root {
     fn on_http_call_response(&mut self, call: u32, _headers: usize, body_size: usize, _trailers: usize) {
         if let Some(shared) = &self.shared {
-            let response = HostResponse { body_size };
-            shared.run(self.context_id, None, |w| {
-                w.answered(call, &response, now(), &HostStore)
-            });
+            shared.answered(call, body_size, self.context_id);
         }
     }
 }
@@ -262,20 +246,22 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let host_rsa = config.rsa_verifier == RsaVerifier::Auto && rs256::host_agrees(&HostRsa);
+        // The host's RSA verifier, if it offers one that passes the self-test.
+        let rsa = (config.rsa_verifier == RsaVerifier::Auto && rs256::host_agrees(&HostRsa)).then_some(HostRsa);
+        let by = if rsa.is_some() {
+            "by Envoy (BoringSSL)"
+        } else {
+            "in the module"
+        };
         log::info!(
-            "erp-edge-validator: configured: {}; RS256 verified {}",
-            config.summary(),
-            if host_rsa {
-                "by Envoy (BoringSSL)"
-            } else {
-                "in the module"
-            }
+            "erp-edge-validator: configured: {}; RS256 verified {by}",
+            config.summary()
         );
-        let rsa: Option<Box<dyn RsaHost>> = if host_rsa { Some(Box::new(HostRsa)) } else { None };
+        let rsa = rsa.map(|host| Box::new(host) as Box<dyn RsaHost>);
         let mut worker = Worker::new(config, self.context_id, rsa);
         let effects = worker.start();
         let shared = Rc::new(Shared {
+            realm: worker.config().realm.clone(),
             worker: RefCell::new(worker),
             metrics: Metrics::define(),
         });
@@ -311,10 +297,7 @@ struct Http {
 impl Context for Http {
     fn on_http_call_response(&mut self, call: u32, _headers: usize, body_size: usize, _trailers: usize) {
         if let Some(shared) = &self.shared {
-            let response = HostResponse { body_size };
-            shared.run(self.context_id, None, |w| {
-                w.answered(call, &response, now(), &HostStore)
-            });
+            shared.answered(call, body_size, self.context_id);
         }
     }
 

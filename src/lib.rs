@@ -54,5 +54,15 @@ pub mod worker;
 #[cfg(target_arch = "wasm32")]
 mod filter;
 
+/// Verification needs no randomness; anything asking for it (the `rsa`
+/// crate's getrandom dependency) gets an error instead of a `wasm-bindgen`
+/// import Envoy cannot provide.
+#[cfg(target_arch = "wasm32")]
+fn no_randomness(_: &mut [u8]) -> Result<(), getrandom::Error> {
+    Err(getrandom::Error::UNSUPPORTED)
+}
+#[cfg(target_arch = "wasm32")]
+getrandom::register_custom_getrandom!(no_randomness);
+
 #[cfg(test)]
 mod testkit;
