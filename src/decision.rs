@@ -248,7 +248,11 @@ impl Engine {
     /// Finishes a JWT request after the wait for keys: the same verification
     /// as the first pass, and an unknown `kid` now is final.
     pub fn finish_jwt(&self, pending: &PendingJwt, keys: &KeySet, memory: &mut Remembered, now: u64) -> Verdict {
-        self.verify_jwt(pending.token.expose(), keys, &mut memory.jwts, now)
+        let token = pending.token.expose();
+        // Another request may have verified the same token meanwhile.
+        let remembered = memory.jwts.get(token, now).map(|identity| Ok(Rc::clone(identity)));
+        remembered
+            .unwrap_or_else(|| self.verify_jwt(token, keys, &mut memory.jwts, now))
             .map_err(Rejection::from)
             .and_then(|identity| self.allow(&pending.access, identity, &pending.credential_header))
             .into()
@@ -299,27 +303,18 @@ impl Engine {
                 })),
                 Err(e) => Err(e.into()),
             },
-            TokenKind::Reference => self.reference(access, &credential, &memory.references, now),
+            TokenKind::Reference => self.reference(access, &credential),
         }
     }
 
-    fn reference(
-        &self,
-        access: &Access,
-        credential: &Credential<'_>,
-        references: &VerifiedCache,
-        now: u64,
-    ) -> Result<Step, Rejection> {
+    /// A reference token this worker does not remember (the first pass
+    /// looked): refused if malformed, else to be introspected.
+    fn reference(&self, access: &Access, credential: &Credential<'_>) -> Result<Step, Rejection> {
         if self.config.introspection.is_none() {
             return Err(Rejection::InvalidToken("reference tokens are not accepted here"));
         }
         if !credential::is_well_formed_reference(credential.token) {
             return Err(Rejection::InvalidToken("the reference token is malformed"));
-        }
-        if let Some(identity) = references.get(credential.token, now) {
-            return self
-                .allow(access, Rc::clone(identity), credential.header)
-                .map(|allowed| Step::Done(Verdict::Allow(allowed)));
         }
         Ok(Step::Introspect(PendingReference {
             // Only now, on a miss: the shared cache knows tokens by SHA-256.
@@ -330,8 +325,9 @@ impl Engine {
         }))
     }
 
-    /// Verifies a JWT, or finds it verified before: the one verification
-    /// path, for first passes and for requests that waited for keys.
+    /// Verifies a JWT the worker does not remember and remembers it: the one
+    /// verification path, for first passes and for requests that waited for
+    /// keys (both look in `verified` first).
     fn verify_jwt(
         &self,
         token: &str,
@@ -339,9 +335,6 @@ impl Engine {
         verified: &mut VerifiedCache,
         now: u64,
     ) -> Result<Rc<Identity>, JwtError> {
-        if let Some(identity) = verified.get(token, now) {
-            return Ok(Rc::clone(identity));
-        }
         let host = self.rsa_host.as_deref();
         let checked = jwt::verify_with(token, keys, &self.claim_rules(), now, host)?;
         let counter = if checked.by_host {

@@ -258,7 +258,7 @@ impl RootContext for Root {
             config.summary()
         );
         let rsa = rsa.map(|host| Box::new(host) as Box<dyn RsaHost>);
-        let mut worker = Worker::new(config, self.context_id, rsa);
+        let mut worker = Worker::new(config, rsa);
         let effects = worker.start();
         let shared = Rc::new(Shared {
             realm: worker.config().realm.clone(),

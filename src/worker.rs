@@ -116,7 +116,6 @@ struct RemoteWait {
 #[derive(Debug)]
 pub struct Worker {
     engine: Rc<Engine>,
-    root: ContextId,
     cache: Option<ReferenceCache>,
     key_sync: Option<KeySync>,
     /// The keys requests are checked against: inline ones plus the last
@@ -141,9 +140,9 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker for a validated configuration; `root` is its root context;
-    /// `rsa_host` the host's RSA verifier, when it offers one.
-    pub fn new(config: Config, root: ContextId, rsa_host: Option<Box<dyn RsaHost>>) -> Self {
+    /// A worker for a validated configuration; `rsa_host` is the host's RSA
+    /// verifier, when it offers one.
+    pub fn new(config: Config, rsa_host: Option<Box<dyn RsaHost>>) -> Self {
         let cache = config.introspection.as_ref().map(|i| {
             // Two configurations share cached answers only when everything
             // that decides an answer and its lifetime is the same.
@@ -180,7 +179,6 @@ impl Worker {
                 Some(host) => Engine::new(config).with_rsa_host(host),
                 None => Engine::new(config),
             }),
-            root,
             cache,
             key_sync,
             keys,
@@ -625,6 +623,10 @@ impl Worker {
         let waiting_already = self.force_key_fetch || self.fetching_keys || !self.key_waiters.is_empty();
         if !waiting_already && !sync.in_flight(store, now.ms) {
             if !sync.may_force(store, now.ms) {
+                log::debug!(
+                    "erp-edge-validator: unknown kid within the cooldown (keys v{})",
+                    self.key_version
+                );
                 let verdict = self.engine.finish_jwt(&pending, &self.keys, &mut self.memory, now.secs);
                 out.push(unknown_key_verdict(stream, verdict, &sync, store, now));
                 return;
@@ -713,7 +715,13 @@ impl Worker {
                 stream: waiter.stream,
                 rejection: KEYS_UNAVAILABLE,
             };
-            match sync.wait_state(store, waiter.seen_fetches, now.ms) {
+            let state = sync.wait_state(store, waiter.seen_fetches, now.ms);
+            log::debug!(
+                "erp-edge-validator: a request waiting for keys (v{}): {state:?}, seen {} fetches",
+                self.key_version,
+                waiter.seen_fetches
+            );
+            match state {
                 KeyWait::Fetched { ok: true } => out.push(conclude(waiter.stream, verdict)),
                 // The identity service could not say whether the key exists.
                 KeyWait::Fetched { ok: false } => out.push(unavailable),
@@ -814,12 +822,6 @@ impl Worker {
             self.tick = period;
             out.push(Effect::Tick(period));
         }
-    }
-
-    /// The root context's id: callouts that must outlive any request are
-    /// made from it.
-    pub fn root(&self) -> ContextId {
-        self.root
     }
 }
 

@@ -144,7 +144,7 @@ impl Host {
             refuse_dispatch: false,
         };
         for (w, config) in configs.into_iter().enumerate() {
-            let mut worker = Worker::new(config, 1000 + w as u32, None);
+            let mut worker = Worker::new(config, None);
             let effects = worker.start();
             host.workers.push(worker);
             host.run(w, 1000 + w as u32, effects);
