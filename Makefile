@@ -4,6 +4,9 @@
 #   make test    unit tests, then integration tests through real Envoy
 #   make run     Envoy + filter + identity emulator + echo upstream; prints curl examples
 #   make lint    rustfmt and clippy (-D warnings), native and wasm32
+#   make fuzz    libFuzzer on every input parser, FUZZ_SECONDS (60) per target
+#   make soak    Envoy under mixed and hostile load with identity-service
+#                faults, SOAK_SECONDS (600); prints one table, fails on a bound
 #   make bench   throughput through Envoy, against baselines, in one run
 #                (cargo bench: native micro-benchmarks of the verifier)
 #   make clean
@@ -17,7 +20,7 @@ ENVOY := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 PYTHON ?= python3
 
-.PHONY: all build toolchain venv test run lint bench wrk compose-config clean
+.PHONY: all build toolchain venv test run lint bench wrk compose-config clean fuzz cargo-fuzz soak
 
 all: build
 
@@ -46,7 +49,18 @@ run: build venv
 lint: toolchain
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p erp-edge-validator --features fuzzing --lib -- -D warnings
 	cargo clippy --target $(WASM_TARGET) -p erp-edge-validator -p noop-filter -p probe-filter --lib -- -D warnings
+
+# cargo-fuzz from the registry, pinned. Its targets need unstable compiler
+# flags: RUSTC_BOOTSTRAP=1 is set for that build only (fuzz/run.sh), with
+# the machine's own toolchain.
+CARGO_FUZZ_VERSION := 0.13.1
+cargo-fuzz:
+	@cargo fuzz --version 2>/dev/null | grep -q " $(CARGO_FUZZ_VERSION)" || cargo install --locked cargo-fuzz --version $(CARGO_FUZZ_VERSION)
+
+fuzz: cargo-fuzz
+	fuzz/run.sh
 
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }

@@ -75,7 +75,7 @@ pub trait CalloutResponse {
 
 /// An in-memory [`SharedStore`] with Envoy's semantics (CAS versions, no
 /// delete), for tests.
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     map: std::cell::RefCell<std::collections::HashMap<String, (Vec<u8>, u32)>>,
@@ -98,7 +98,7 @@ impl MemoryStore {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 impl SharedStore for MemoryStore {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         match self.map.borrow().get(key) {

@@ -54,6 +54,10 @@ pub mod worker;
 #[cfg(target_arch = "wasm32")]
 mod filter;
 
+/// Fuzz-target bodies (`fuzz/`), replayed by the unit tests; never in the filter.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
+
 /// Verification needs no randomness; anything asking for it (the `rsa`
 /// crate's getrandom dependency) gets an error instead of a `wasm-bindgen`
 /// import Envoy cannot provide.

@@ -1,0 +1,3 @@
+#![no_main]
+// Body and invariants: erp_edge_validator::fuzzing::request_head.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| erp_edge_validator::fuzzing::request_head(data));
