@@ -62,6 +62,9 @@ cargo-fuzz:
 fuzz: cargo-fuzz
 	fuzz/run.sh
 
+soak: build venv
+	cargo run --quiet -p erp-devstack -- soak
+
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 

@@ -38,6 +38,12 @@ impl Echo {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The requests seen so far, forgotten here (a long run reads them as
+    /// it goes, so the record never grows).
+    pub fn take(&self) -> Vec<Request> {
+        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Forgets the requests seen so far.
     pub fn clear(&self) {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).clear();

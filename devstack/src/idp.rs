@@ -136,7 +136,9 @@ impl Shared {
 /// A running emulator; dropping it stops the server.
 pub struct Idp {
     shared: Arc<Shared>,
-    server: HttpServer,
+    server: Mutex<Option<HttpServer>>,
+    addr: std::net::SocketAddr,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl Idp {
@@ -164,14 +166,32 @@ impl Idp {
             }),
             stats: Stats::default(),
         });
-        let handler_state = Arc::clone(&shared);
-        let handler: Handler = Arc::new(move |request| handle(&handler_state, request));
-        let server = HttpServer::start_with(bind, handler, tls)?;
-        Ok(Self { shared, server })
+        let server = serve(&shared, bind, tls.clone())?;
+        Ok(Self {
+            shared,
+            addr: server.addr(),
+            server: Mutex::new(Some(server)),
+            tls,
+        })
     }
 
     pub fn addr(&self) -> std::net::SocketAddr {
-        self.server.addr()
+        self.addr
+    }
+
+    /// Stops serving, as a killed process would: the port refuses
+    /// connections and open ones are closed. Keys and tokens are kept.
+    pub fn stop(&self) {
+        drop(self.server.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+
+    /// Serves again on the same address after [`Idp::stop`].
+    pub fn restart(&self) -> Result<(), Error> {
+        let mut server = self.server.lock().unwrap_or_else(|e| e.into_inner());
+        if server.is_none() {
+            *server = Some(serve(&self.shared, &self.addr.to_string(), self.tls.clone())?);
+        }
+        Ok(())
     }
 
     /// The published JWKS.
@@ -246,6 +266,12 @@ impl Idp {
     pub fn jwks_requests(&self) -> u64 {
         self.shared.stats.jwks_requests.load(Ordering::SeqCst)
     }
+}
+
+fn serve(shared: &Arc<Shared>, bind: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Result<HttpServer, Error> {
+    let handler_state = Arc::clone(shared);
+    let handler: Handler = Arc::new(move |request| handle(&handler_state, request));
+    HttpServer::start_with(bind, handler, tls)
 }
 
 fn signing_key(state: &State) -> SigningKey {

@@ -9,6 +9,7 @@ pub mod echo;
 pub mod envoy;
 pub mod idp;
 pub mod server;
+pub mod soak;
 pub mod stack;
 pub mod tls;
 pub mod tokens;

@@ -43,7 +43,8 @@ fn main() -> ExitCode {
         Some("echo") => serve_echo(args.get(1).map_or("127.0.0.1:9081", String::as_str)),
         Some("render-compose") => envoy::render_compose().map(|yaml| print!("{yaml}")),
         Some("bench") => erp_devstack::bench::run(),
-        _ => Err("usage: erp-devstack run | idp [ADDR] | echo [ADDR] | render-compose | bench".into()),
+        Some("soak") => erp_devstack::soak::run(),
+        _ => Err("usage: erp-devstack run | idp [ADDR] | echo [ADDR] | render-compose | bench | soak".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -68,11 +68,13 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_BODY: usize = 1 << 20;
 
 /// A running server, one thread per connection (so a burst of keep-alive
-/// connections never waits for a free worker). Dropping it stops accepting.
+/// connections never waits for a free worker). Dropping it stops accepting
+/// and closes every open connection, as a killed process would.
 pub struct HttpServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl HttpServer {
@@ -88,12 +90,20 @@ impl HttpServer {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let connections = Arc::clone(&open);
         let accept = std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if stopping.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
+                if let Ok(copy) = stream.try_clone() {
+                    let mut open = connections.lock().unwrap_or_else(|e| e.into_inner());
+                    // Forget connections that have ended (their peer address is gone).
+                    open.retain(|s| s.peer_addr().is_ok());
+                    open.push(copy);
+                }
                 let handler = Arc::clone(&handler);
                 let stopping = Arc::clone(&stopping);
                 let tls = tls.clone();
@@ -114,6 +124,7 @@ impl HttpServer {
             addr,
             stop,
             accept: Some(accept),
+            open,
         })
     }
 
@@ -129,6 +140,9 @@ impl Drop for HttpServer {
         let _ = TcpStream::connect(self.addr);
         if let Some(accept) = self.accept.take() {
             let _ = accept.join();
+        }
+        for stream in self.open.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
         }
     }
 }
