@@ -37,6 +37,7 @@ $(ENVOY):
 build: toolchain
 	@if [ -n "$$RUSTFLAGS" ]; then echo "warning: RUSTFLAGS is set and replaces .cargo/config.toml (simd128 for wasm32): RS256 verification gets slower" >&2; fi
 	cargo build --release --target $(WASM_TARGET) -p erp-edge-validator
+	cargo build --release --target $(WASM_TARGET) -p erp-edge-validator --features chaos-trap --target-dir target/chaos
 	cargo build -p erp-devstack
 	@ls -l $(WASM)
 
@@ -51,6 +52,7 @@ lint: toolchain
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p erp-edge-validator --features fuzzing --lib -- -D warnings
 	cargo clippy --target $(WASM_TARGET) -p erp-edge-validator -p noop-filter -p probe-filter --lib -- -D warnings
+	cargo clippy --target $(WASM_TARGET) -p erp-edge-validator --features chaos-trap --lib -- -D warnings
 
 # cargo-fuzz from the registry, pinned. Its targets need unstable compiler
 # flags: RUSTC_BOOTSTRAP=1 is set for that build only (fuzz/run.sh), with

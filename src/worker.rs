@@ -36,6 +36,20 @@ use crate::secret::{fingerprint, Secret, TokenHash};
 use crate::stats::Stat;
 use crate::verified::Remembered;
 
+/// A test build's way to crash the VM on purpose (`x-chaos-trap`), so the
+/// tests can show what Envoy's `FAIL_RELOAD` brings back. Never in the
+/// shipped filter: only the `chaos-trap` feature compiles it.
+#[cfg(feature = "chaos-trap")]
+fn chaos_trap(head: &RequestHead<'_>) {
+    if head
+        .headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("x-chaos-trap"))
+    {
+        std::process::abort();
+    }
+}
+
 /// Envoy's id of a context: a request's stream, or the root context.
 pub type ContextId = u32;
 /// The host's token for a callout in flight.
@@ -219,6 +233,8 @@ impl Worker {
         now: Option<Now>,
         store: &dyn SharedStore,
     ) -> Vec<Effect> {
+        #[cfg(feature = "chaos-trap")]
+        chaos_trap(head);
         let mut out = Vec::new();
         let Some(now) = now else {
             out.push(Effect::Reply {

@@ -293,3 +293,23 @@ fn the_admin_interface_listens_on_loopback_only() {
     );
     assert!(!compose.contains("\"9901:9901\""));
 }
+
+#[test]
+fn the_test_builds_crash_header_means_nothing_to_the_shipped_filter() {
+    // `x-chaos-trap` aborts only the `chaos-trap` test build (see
+    // reload_through_envoy.rs); the shipped filter passes the request.
+    let stack = stack();
+    let created = || {
+        stack
+            .envoy
+            .stat("wasm.envoy.wasm.runtime.v8.created")
+            .expect("the VM counter")
+    };
+    let before = created();
+    let auth = bearer(&stack.idp.access_token(&["DomainApi", "read"]));
+    for _ in 0..4 {
+        let r = stack.get(CUSTOMERS, &[("authorization", &auth), ("x-chaos-trap", "1")]);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(created(), before, "a VM was created again");
+}
