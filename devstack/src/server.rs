@@ -4,7 +4,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -74,7 +75,9 @@ pub struct HttpServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
-    open: Arc<Mutex<Vec<TcpStream>>>,
+    /// A handle on each open connection, by number, to close them all on
+    /// drop; each connection's thread removes its own when it ends.
+    open: Arc<Mutex<HashMap<u64, TcpStream>>>,
 }
 
 impl HttpServer {
@@ -90,20 +93,20 @@ impl HttpServer {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
-        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let open: Arc<Mutex<HashMap<u64, TcpStream>>> = Arc::default();
         let connections = Arc::clone(&open);
+        let numbers = AtomicU64::new(0);
         let accept = std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if stopping.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
+                let number = numbers.fetch_add(1, Ordering::SeqCst);
                 if let Ok(copy) = stream.try_clone() {
-                    let mut open = connections.lock().unwrap_or_else(|e| e.into_inner());
-                    // Forget connections that have ended (their peer address is gone).
-                    open.retain(|s| s.peer_addr().is_ok());
-                    open.push(copy);
+                    connections.lock().unwrap_or_else(|e| e.into_inner()).insert(number, copy);
                 }
+                let connections = Arc::clone(&connections);
                 let handler = Arc::clone(&handler);
                 let stopping = Arc::clone(&stopping);
                 let tls = tls.clone();
@@ -116,6 +119,12 @@ impl HttpServer {
                             serve_connection(rustls::StreamOwned::new(connection, stream), &handler, &stopping)
                         }
                         Some(Err(_)) => {}
+                    }
+                    // The handle kept for `drop` is a second descriptor of the
+                    // socket: without this the connection would stay open,
+                    // unserved, after its thread ended.
+                    if let Some(handle) = connections.lock().unwrap_or_else(|e| e.into_inner()).remove(&number) {
+                        let _ = handle.shutdown(std::net::Shutdown::Both);
                     }
                 });
             }
@@ -141,7 +150,7 @@ impl Drop for HttpServer {
         if let Some(accept) = self.accept.take() {
             let _ = accept.join();
         }
-        for stream in self.open.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for (_, stream) in self.open.lock().unwrap_or_else(|e| e.into_inner()).drain() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
     }

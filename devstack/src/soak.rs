@@ -827,23 +827,23 @@ fn judge(j: &Judged<'_>) -> Report {
     }
     // Identity-service calls against what the settings allow.
     let sent = |c: Class| by_class.get(&c).map_or(0, Vec::len) as u64;
-    let faulted_seconds: f64 = j
-        .windows
-        .iter()
-        .filter(|w| w.introspection)
-        .map(|w| w.to - w.from)
-        .sum();
     let seconds = j.options.seconds;
+    // While introspection fails, a pooled token may be asked about on every
+    // request (after the 250 ms a failure is shared): at most those requests.
+    let pooled_while_failing = j
+        .records
+        .values()
+        .filter(|r| matches!(r.class, Class::PatRepeat | Class::SatRepeat) && disturbed(r.class, r.at))
+        .count() as u64;
     let pool = (2 * POOL) as u64 + seconds / 3; // the pools, and a new PAT every 3 s
     let introspection_bound = sent(Class::PatFresh)
         + sent(Class::RandomReference)
         + sent(Class::Revoked)
         + pool * (seconds / TTL_SECONDS + 2)
-        // A failure is remembered 250 ms; each pooled token may be tried again after.
-        + pool * (faulted_seconds * 4.0).ceil() as u64;
+        + pooled_while_failing;
     let _ = writeln!(
         table,
-        "introspection calls: {} (bound {introspection_bound}: fresh and unknown tokens, each pooled token once per {TTL_SECONDS} s TTL, retries 4/s while failing)",
+        "introspection calls: {} (bound {introspection_bound}: fresh, revoked and unknown tokens, each pooled token once per {TTL_SECONDS} s TTL, pooled requests while failing)",
         j.introspections
     );
     if j.introspections > introspection_bound {
