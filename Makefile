@@ -4,6 +4,8 @@
 #   make test    unit tests, then integration tests through real Envoy
 #   make run     Envoy + filter + identity emulator + echo upstream; prints curl examples
 #   make lint    rustfmt and clippy (-D warnings), native and wasm32
+#   make inspector  the decision inspector page (wasm-bindgen) in target/inspector/
+#   make inspect    build it and serve it on 127.0.0.1, the form filled in
 #   make fuzz    libFuzzer on every input parser, FUZZ_SECONDS (60) per target
 #   make soak    Envoy under mixed and hostile load with identity-service
 #                faults, SOAK_SECONDS (600); prints one table, fails on a bound
@@ -20,7 +22,7 @@ ENVOY := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 PYTHON ?= python3
 
-.PHONY: all build toolchain venv test run lint bench wrk compose-config clean fuzz cargo-fuzz soak
+.PHONY: all build toolchain venv test run lint bench wrk compose-config clean fuzz cargo-fuzz soak inspector inspect wasm-bindgen chromium
 
 all: build
 
@@ -38,10 +40,10 @@ build: toolchain
 	@if [ -n "$$RUSTFLAGS" ]; then echo "warning: RUSTFLAGS is set and replaces .cargo/config.toml (simd128 for wasm32): RS256 verification gets slower" >&2; fi
 	cargo build --release --target $(WASM_TARGET) -p erp-edge-validator
 	cargo build --release --target $(WASM_TARGET) -p erp-edge-validator --features chaos-trap --target-dir target/chaos
-	cargo build -p erp-devstack
+	cargo build -p erp-devstack -p erp-edge-inspector
 	@ls -l $(WASM)
 
-test: build venv
+test: build venv inspector chromium
 	cargo test --workspace
 
 run: build venv
@@ -53,6 +55,7 @@ lint: toolchain
 	cargo clippy -p erp-edge-validator --features fuzzing --lib -- -D warnings
 	cargo clippy --target $(WASM_TARGET) -p erp-edge-validator -p noop-filter -p probe-filter --lib -- -D warnings
 	cargo clippy --target $(WASM_TARGET) -p erp-edge-validator --features chaos-trap --lib -- -D warnings
+	cargo clippy --target $(WASM_TARGET) -p erp-edge-inspector --lib -- -D warnings
 
 # cargo-fuzz from the registry, pinned. Its targets need unstable compiler
 # flags: RUSTC_BOOTSTRAP=1 is set for that build only (fuzz/run.sh), with
@@ -66,6 +69,27 @@ fuzz: cargo-fuzz
 
 soak: build venv
 	cargo run --quiet -p erp-devstack -- soak
+
+# The inspector page: the decision core for the browser, bound by
+# wasm-bindgen; the CLI must be the crate's exact version.
+WASM_BINDGEN_VERSION := 0.2.130
+INSPECTOR := target/inspector
+wasm-bindgen:
+	@wasm-bindgen --version 2>/dev/null | grep -q " $(WASM_BINDGEN_VERSION)" || cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
+
+inspector: toolchain wasm-bindgen
+	cargo build --release --target $(WASM_TARGET) -p erp-edge-inspector --lib
+	wasm-bindgen --target web --no-typescript --out-dir $(INSPECTOR) --out-name inspector \
+		target/$(WASM_TARGET)/release/erp_edge_inspector.wasm
+	cp inspector/web/index.html inspector/web/app.js $(INSPECTOR)/
+	@echo "inspector page: $(INSPECTOR)/index.html (serve the folder; \`make inspect\` does, with a token filled in)"
+
+inspect: inspector
+	cargo run --quiet -p erp-devstack -- inspect
+
+# Headless Chromium and its WebDriver for the inspector's browser test.
+chromium:
+	@command -v chromedriver >/dev/null && test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }

@@ -64,7 +64,7 @@ const OVERRIDE_HEADERS: [&str; 5] = [
 ];
 
 /// What no request may be, whatever its route and credential.
-fn check_request(request: &RequestHead<'_>) -> Result<(), Rejection> {
+pub(crate) fn check_request(request: &RequestHead<'_>) -> Result<(), Rejection> {
     // RFC 9110 §9.1: methods are case-sensitive and the standard ones are
     // upper-case. `post` (HTTP/2 allows it) would match no rule written for
     // POST while an upstream may still treat it as one.

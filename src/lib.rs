@@ -33,14 +33,16 @@ mod config_error;
 mod credential;
 pub mod decision;
 mod endpoint;
+pub mod explain;
 // The wire format of a host call the Envoy glue (wasm32 only) makes.
-#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+#[cfg_attr(not(all(target_arch = "wasm32", feature = "filter")), allow(dead_code))]
 mod foreign;
 mod host;
 mod introspection;
 mod jwks;
 pub mod jwt;
 mod key_refresh;
+pub mod lint;
 mod monty;
 mod policy;
 mod principal;
@@ -51,7 +53,7 @@ mod stats;
 pub mod verified;
 pub mod worker;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "filter"))]
 mod filter;
 
 /// Fuzz-target bodies (`fuzz/`), replayed by the unit tests; never in the filter.

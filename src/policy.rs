@@ -110,24 +110,28 @@ impl Policy {
 
     /// What the request needs. `path` may carry a query string.
     pub fn access(&self, method: &str, path: &str) -> Result<&Access, Rejection> {
-        let path = path.split(['?', '#']).next().unwrap_or_default();
-        self.rules
-            .iter()
-            .find(|r| {
-                let path_ok = match (&r.path, r.case_insensitive) {
-                    (PathMatch::Prefix(p), false) => path.starts_with(p.as_str()),
-                    (PathMatch::Exact(p), false) => path == p,
-                    (PathMatch::Prefix(p), true) => path
-                        .as_bytes()
-                        .get(..p.len())
-                        .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes())),
-                    (PathMatch::Exact(p), true) => path.eq_ignore_ascii_case(p),
-                };
-                path_ok && r.methods.as_ref().is_none_or(|m| m.iter().any(|m| m == method))
-            })
+        self.matching(method, path)
+            .and_then(|i| self.rules.get(i))
             .map(|r| &r.access)
             .or(self.unmatched.as_ref())
             .ok_or(Rejection::RouteNotAllowed)
+    }
+
+    /// The index of the first rule the request matches, if any.
+    pub fn matching(&self, method: &str, path: &str) -> Option<usize> {
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        self.rules.iter().position(|r| {
+            let path_ok = match (&r.path, r.case_insensitive) {
+                (PathMatch::Prefix(p), false) => path.starts_with(p.as_str()),
+                (PathMatch::Exact(p), false) => path == p,
+                (PathMatch::Prefix(p), true) => path
+                    .as_bytes()
+                    .get(..p.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes())),
+                (PathMatch::Exact(p), true) => path.eq_ignore_ascii_case(p),
+            };
+            path_ok && r.methods.as_ref().is_none_or(|m| m.iter().any(|m| m == method))
+        })
     }
 }
 

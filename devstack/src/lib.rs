@@ -8,6 +8,7 @@ pub mod client;
 pub mod echo;
 pub mod envoy;
 pub mod idp;
+pub mod pages;
 pub mod server;
 pub mod soak;
 pub mod stack;

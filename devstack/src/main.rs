@@ -44,7 +44,11 @@ fn main() -> ExitCode {
         Some("render-compose") => envoy::render_compose().map(|yaml| print!("{yaml}")),
         Some("bench") => erp_devstack::bench::run(),
         Some("soak") => erp_devstack::soak::run(),
-        _ => Err("usage: erp-devstack run | idp [ADDR] | echo [ADDR] | render-compose | bench | soak".into()),
+        Some("inspect") => inspect(args.get(1).map_or("127.0.0.1:9090", String::as_str)),
+        _ => Err(
+            "usage: erp-devstack run | idp [ADDR] | echo [ADDR] | render-compose | bench | soak | inspect [ADDR]"
+                .into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -53,6 +57,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `make inspect`: the inspector page on loopback, its form filled with
+/// the shipped configuration, the emulator's key set and a fresh token.
+fn inspect(addr: &str) -> Result<(), Error> {
+    let dir = erp_devstack::pages::inspector_dir();
+    if !dir.join("inspector_bg.wasm").exists() {
+        return Err(format!("{} has no page: run `make inspector`", dir.display()).into());
+    }
+    let idp = Idp::start("127.0.0.1:0")?;
+    let pages = erp_devstack::pages::Pages::start(addr, dir, Some(erp_devstack::pages::prefill(&idp)?))?;
+    println!("inspector: http://{}/  (Ctrl-C stops it)", pages.addr());
+    println!("the form holds the shipped configuration, the emulator's key set and a token with `read`;");
+    println!("everything runs in the page: nothing you paste is sent anywhere.");
+    park_forever()
 }
 
 fn park_forever() -> ! {

@@ -2,9 +2,9 @@
 //! content-length bodies, one thread per connection, stopped when dropped;
 //! plain or over TLS.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -104,7 +104,10 @@ impl HttpServer {
                 let Ok(stream) = stream else { continue };
                 let number = numbers.fetch_add(1, Ordering::SeqCst);
                 if let Ok(copy) = stream.try_clone() {
-                    connections.lock().unwrap_or_else(|e| e.into_inner()).insert(number, copy);
+                    connections
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(number, copy);
                 }
                 let connections = Arc::clone(&connections);
                 let handler = Arc::clone(&handler);
