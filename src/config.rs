@@ -76,6 +76,11 @@ pub struct RawConfig {
     /// Default false: the Domain API checks the token again.
     #[serde(default)]
     pub strip_credential: bool,
+    /// Pass CORS preflights (`OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method`) without a credential, as
+    /// `jwt_authn`'s `bypass_cors_preflight`. Default false.
+    #[serde(default)]
+    pub bypass_cors_preflight: bool,
     /// Who checks RS256 signatures: `"auto"` (default) uses Envoy's own
     /// verifier when the host offers it and passes a self-test at start,
     /// else the module's; `"module"` always uses the module's.
@@ -142,6 +147,7 @@ pub struct Config {
     /// Lower-cased identity header names.
     pub identity_headers: IdentityHeaders,
     pub strip_credential: bool,
+    pub bypass_cors_preflight: bool,
     pub rsa_verifier: RsaVerifier,
 }
 
@@ -298,6 +304,7 @@ impl RawConfig {
             api_key_headers,
             identity_headers,
             strip_credential: self.strip_credential,
+            bypass_cors_preflight: self.bypass_cors_preflight,
             rsa_verifier: self.rsa_verifier,
         })
     }

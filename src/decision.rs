@@ -87,6 +87,18 @@ pub(crate) fn check_request(request: &RequestHead<'_>) -> Result<(), Rejection> 
     Ok(())
 }
 
+/// A CORS preflight (Fetch standard §3.2.2): `OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`. Browsers send it without credentials.
+pub(crate) fn is_cors_preflight(request: &RequestHead<'_>) -> bool {
+    let has = |name: &str| {
+        request
+            .headers
+            .iter()
+            .any(|(n, v)| same_header_name(n, name) && !v.is_empty())
+    };
+    request.method == "OPTIONS" && has("origin") && has("access-control-request-method")
+}
+
 impl From<Result<Allowed, Rejection>> for Verdict {
     fn from(result: Result<Allowed, Rejection>) -> Self {
         match result {
@@ -266,6 +278,12 @@ impl Engine {
         now: u64,
     ) -> Result<Step, Rejection> {
         check_request(request)?;
+        if self.config.bypass_cors_preflight && is_cors_preflight(request) {
+            return Ok(Step::Done(Verdict::Allow(Allowed {
+                identity: None,
+                remove_header: None,
+            })));
+        }
         let access = self.config.policy.access(request.method, request.path)?;
         if *access == Access::Public {
             return Ok(Step::Done(Verdict::Allow(Allowed {
@@ -375,6 +393,48 @@ mod tests {
     use super::*;
     use crate::testkit::{self, NOW};
     use serde_json::json;
+
+    #[test]
+    fn cors_preflights_pass_without_a_credential_only_when_configured() {
+        let preflight: &[(&str, &str)] = &[
+            ("origin", "https://app.erp.test"),
+            ("access-control-request-method", "POST"),
+        ];
+        let run = |bypass: bool, method: &str, headers: &[(&str, &str)]| {
+            let engine = Engine::new(testkit::config_from(|c| c["bypass_cors_preflight"] = json!(bypass)));
+            engine.decide(
+                &RequestHead {
+                    method,
+                    path: "/api/domain/x",
+                    headers,
+                },
+                &engine.config().inline_keys,
+                &mut Remembered::new(10, 10),
+                NOW,
+            )
+        };
+        let passed = |step: &Step| matches!(step, Step::Done(Verdict::Allow(a)) if a.identity.is_none());
+        assert!(passed(&run(true, "OPTIONS", preflight)));
+        // Off (the default): decided like any request; no rule names OPTIONS.
+        assert_eq!(
+            run(false, "OPTIONS", preflight),
+            Step::Done(Verdict::Deny(Rejection::RouteNotAllowed))
+        );
+        // Not a preflight: another method, or a header missing or empty.
+        assert!(!passed(&run(true, "GET", preflight)));
+        assert!(!passed(&run(true, "OPTIONS", &preflight[..1])));
+        assert!(!passed(&run(
+            true,
+            "OPTIONS",
+            &[("origin", "x"), ("access-control-request-method", "")]
+        )));
+        // Not a way around the request checks.
+        let smuggled = [preflight[0], preflight[1], ("x-http-method-override", "DELETE")];
+        assert!(matches!(
+            run(true, "OPTIONS", &smuggled),
+            Step::Done(Verdict::Deny(Rejection::InvalidRequest(_)))
+        ));
+    }
 
     fn decide(method: &str, path: &str, headers: &[(&str, &str)]) -> Step {
         let engine = testkit::engine();

@@ -25,7 +25,7 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::config_error::ConfigError;
 use crate::credential::{self, TokenKind};
-use crate::decision::{check_request, Engine, RequestHead, Step, Verdict};
+use crate::decision::{check_request, is_cors_preflight, Engine, RequestHead, Step, Verdict};
 use crate::introspection::{read_answer, Answer, AnswerRules};
 use crate::jwks::KeySet;
 use crate::jwt::{self, ClaimRules, JwtError};
@@ -200,7 +200,7 @@ pub fn explain(inputs: &Inputs<'_>) -> Result<Trace, ConfigError> {
                     p.kind.as_str(),
                     p.client_id.as_deref().unwrap_or("(none)")
                 ),
-                None => "allowed: a public route, no credential needed".into(),
+                None => "allowed: no credential needed (a public route or a CORS preflight)".into(),
             };
         }
         Some(Verdict::Deny(rejection)) => {
@@ -233,6 +233,13 @@ fn narrate_route(config: &Config, raw: &Value, head: &RequestHead<'_>, checks: &
             checks.push(fail("request", rejection.description()));
             return None;
         }
+    }
+    if config.bypass_cors_preflight && is_cors_preflight(head) {
+        checks.push(pass(
+            "CORS preflight",
+            "OPTIONS with Origin and Access-Control-Request-Method: passes without a credential (bypass_cors_preflight)",
+        ));
+        return None;
     }
     let index = config.policy.matching(head.method, head.path);
     let detail = match (index, config.policy.access(head.method, head.path)) {
@@ -300,7 +307,8 @@ fn fail(name: &str, detail: impl Into<String>) -> Check {
 
 /// The credential, and for a JWT each check `jwt::verify_with` makes.
 fn narrate_credential(config: &Config, keys: &KeySet, head: &RequestHead<'_>, now: u64, checks: &mut Vec<Check>) {
-    let public = matches!(config.policy.access(head.method, head.path), Ok(Access::Public));
+    let public = matches!(config.policy.access(head.method, head.path), Ok(Access::Public))
+        || (config.bypass_cors_preflight && is_cors_preflight(head));
     if public || check_request(head).is_err() || config.policy.access(head.method, head.path).is_err() {
         return;
     }

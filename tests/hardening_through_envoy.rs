@@ -313,3 +313,28 @@ fn the_test_builds_crash_header_means_nothing_to_the_shipped_filter() {
     }
     assert_eq!(created(), before, "a VM was created again");
 }
+
+#[test]
+fn cors_preflights_pass_without_a_credential_only_when_configured() {
+    let preflight = [
+        ("origin", "https://app.erp.test"),
+        ("access-control-request-method", "POST"),
+        ("x-erp-client-id", "forged"),
+    ];
+    let on = stack_with(json!({"bypass_cors_preflight": true}));
+    let r = on.request("OPTIONS", CUSTOMERS, &preflight);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["method"], "OPTIONS");
+    assert!(
+        r.json()["headers"].get("x-erp-client-id").is_none(),
+        "a client identity header passed"
+    );
+    // An OPTIONS that is not a preflight still needs a credential and a rule.
+    assert_eq!(on.request("OPTIONS", CUSTOMERS, &preflight[..1]).status, 403);
+    assert_eq!(on.echo.count(), 1);
+    drop(on);
+    // Off by default.
+    let off = stack();
+    assert_eq!(off.request("OPTIONS", CUSTOMERS, &preflight).status, 403);
+    assert_eq!(off.echo.count(), 0);
+}
