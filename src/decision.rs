@@ -170,11 +170,27 @@ pub struct Engine {
     verifications: Verifications,
 }
 
-/// Signatures verified since the last [`Engine::take_verifications`].
+/// What the engine counted since the last [`Engine::take_counts`].
 #[derive(Debug, Default)]
 struct Verifications {
     host: Cell<u32>,
     module: Cell<u32>,
+    jwt_hits: Cell<u32>,
+    jwt_misses: Cell<u32>,
+}
+
+/// Signatures verified (by the host, in the module), and JWTs found in or
+/// missing from a worker's memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub by_host: u32,
+    pub in_module: u32,
+    pub jwt_hits: u32,
+    pub jwt_misses: u32,
+}
+
+fn bump(cell: &Cell<u32>) {
+    cell.set(cell.get().saturating_add(1));
 }
 
 impl std::fmt::Debug for Engine {
@@ -201,9 +217,15 @@ impl Engine {
         self
     }
 
-    /// Signatures verified (by the host, in the module) since the last call.
-    pub fn take_verifications(&self) -> (u32, u32) {
-        (self.verifications.host.take(), self.verifications.module.take())
+    /// What was counted since the last call.
+    pub fn take_counts(&self) -> Counts {
+        let v = &self.verifications;
+        Counts {
+            by_host: v.host.take(),
+            in_module: v.module.take(),
+            jwt_hits: v.jwt_hits.take(),
+            jwt_misses: v.jwt_misses.take(),
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -243,7 +265,7 @@ impl Engine {
     ) -> Verdict {
         let principal = match answer {
             Ok(Answer::Active(principal)) => principal.clone(),
-            Ok(Answer::Inactive) => return Verdict::Deny(Rejection::InvalidToken("the token is not active")),
+            Ok(Answer::Inactive) => return Verdict::Deny(Rejection::InvalidToken(crate::stats::INACTIVE)),
             Ok(Answer::Refused(reason)) => return Verdict::Deny(Rejection::InvalidToken(reason)),
             Err(rejection) => return Verdict::Deny(rejection.clone()),
         };
@@ -299,11 +321,11 @@ impl Engine {
         // A token this worker verified (or had vouched for) before is
         // exactly that token: its bytes were checked then. The common case
         // costs a short hash and one comparison.
-        if let Some(identity) = memory
-            .jwts
-            .get(located.token, now)
-            .or_else(|| memory.references.get(located.token, now))
-        {
+        let jwt = memory.jwts.get(located.token, now);
+        if jwt.is_some() {
+            bump(&self.verifications.jwt_hits);
+        }
+        if let Some(identity) = jwt.or_else(|| memory.references.get(located.token, now)) {
             return self
                 .allow(access, Rc::clone(identity), located.header)
                 .map(|allowed| Step::Done(Verdict::Allow(allowed)));
@@ -354,13 +376,14 @@ impl Engine {
         now: u64,
     ) -> Result<Rc<Identity>, JwtError> {
         let host = self.rsa_host.as_deref();
+        bump(&self.verifications.jwt_misses);
         let checked = jwt::verify_with(token, keys, &self.claim_rules(), now, host)?;
         let counter = if checked.by_host {
             &self.verifications.host
         } else {
             &self.verifications.module
         };
-        counter.set(counter.get().saturating_add(1));
+        bump(counter);
         let identity = match self.identity(checked.principal) {
             Ok(identity) => identity,
             Err(_) => return Err(JwtError::UnsafeClaim),

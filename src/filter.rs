@@ -17,7 +17,7 @@ use crate::config::{Config, RsaVerifier, DEFAULT_REALM};
 use crate::decision::{Allowed, RequestHead};
 use crate::host::{CalloutResponse, Now, RsaHost, SharedStore};
 use crate::rejection::Rejection;
-use crate::stats::Stat;
+use crate::stats::{Kind, Stat};
 use crate::worker::{ContextId, Effect, Worker};
 use crate::{foreign, rs256};
 
@@ -39,8 +39,7 @@ impl SharedStore for HostStore {
     }
 }
 
-/// The host clock, or `None` when it cannot be read (the worker then
-/// answers 503; there is no fallback time).
+/// The host clock, or `None` when it cannot be read (the worker then answers 503; no fallback time).
 fn now() -> Option<Now> {
     let elapsed = hostcalls::get_current_time().ok()?.duration_since(UNIX_EPOCH).ok()?;
     Some(Now {
@@ -49,8 +48,7 @@ fn now() -> Option<Now> {
     })
 }
 
-/// Envoy's RSA verification (BoringSSL), through the `verify_signature`
-/// foreign function.
+/// Envoy's RSA verification (BoringSSL), through the `verify_signature` foreign function.
 struct HostRsa;
 
 impl RsaHost for HostRsa {
@@ -86,8 +84,8 @@ struct Metrics(Vec<u32>);
 
 impl Metrics {
     fn define() -> Self {
-        let define =
-            |s: Stat| hostcalls::define_metric(MetricType::Counter, &format!("erp_edge_validator.{}", s.name()));
+        let kind = |s: Stat| [MetricType::Counter, MetricType::Gauge, MetricType::Histogram][s.kind() as usize];
+        let define = |s: Stat| hostcalls::define_metric(kind(s), &format!("erp_edge_validator.{}", s.name()));
         Self(
             Stat::ALL
                 .into_iter()
@@ -97,10 +95,13 @@ impl Metrics {
         )
     }
 
-    fn count(&self, stat: Stat) {
-        // A stats failure must not change a decision.
+    /// Counts one (a counter) or records `value`. A stats failure must not change a decision.
+    fn count(&self, stat: Stat, value: u64) {
         if let Some(id) = self.0.get(stat as usize) {
-            let _ = hostcalls::increment_metric(*id, 1);
+            let _ = match stat.kind() {
+                Kind::Counter => hostcalls::increment_metric(*id, 1),
+                Kind::Gauge | Kind::Histogram => hostcalls::record_metric(*id, value),
+            };
         }
     }
 }
@@ -139,7 +140,7 @@ impl Shared {
             match effect {
                 Effect::Allow { allowed, .. } => match rewrite(&allowed) {
                     Ok(()) => {
-                        self.metrics.count(Stat::Allowed);
+                        self.metrics.count(Stat::Allowed, 1);
                         if is_current {
                             action = Action::Continue;
                         } else if let Err(status) = hostcalls::resume_http_request() {
@@ -165,7 +166,8 @@ impl Shared {
                         log::error!("erp-edge-validator: cannot set the tick period: {status:?}");
                     }
                 }
-                Effect::Count(stat) => self.metrics.count(stat),
+                Effect::Count(stat) => self.metrics.count(stat, 1),
+                Effect::Record(stat, value) => self.metrics.count(stat, value),
             }
         }
         action
@@ -191,7 +193,10 @@ impl Shared {
 
     /// Sends the rejection's reply on the effective context.
     fn reply(&self, rejection: &Rejection) {
-        self.metrics.count(Stat::of_decision(Some(rejection.status())));
+        Stat::of_rejection(rejection)
+            .into_iter()
+            .flatten()
+            .for_each(|s| self.metrics.count(s, 1));
         send_reply(rejection, &self.realm);
     }
 }
@@ -204,9 +209,8 @@ fn send_reply(rejection: &Rejection, realm: &str) {
     }
 }
 
-/// Adds the identity headers and removes the credential if asked. The
-/// client's copies of identity headers were removed when the request
-/// arrived, so adding is setting (without Envoy's lookup-and-replace).
+/// Adds the identity headers and removes the credential if asked. The client's copies were
+/// removed when the request arrived, so adding is setting (without Envoy's lookup-and-replace).
 fn rewrite(allowed: &Allowed) -> Result<(), Rejection> {
     const CANNOT: Rejection = Rejection::Unavailable("the request could not be rewritten");
     for (name, value) in allowed.set_headers() {
@@ -248,11 +252,7 @@ impl RootContext for Root {
         };
         // The host's RSA verifier, if it offers one that passes the self-test.
         let rsa = (config.rsa_verifier == RsaVerifier::Auto && rs256::host_agrees(&HostRsa)).then_some(HostRsa);
-        let by = if rsa.is_some() {
-            "by Envoy (BoringSSL)"
-        } else {
-            "in the module"
-        };
+        let by = ["in the module", "by Envoy (BoringSSL)"][usize::from(rsa.is_some())];
         log::info!(
             "erp-edge-validator: configured: {}; RS256 verified {by}",
             config.summary()

@@ -366,6 +366,11 @@ impl KeySync {
         (version != known).then(|| (version, value.get(40..).unwrap_or_default().to_vec()))
     }
 
+    /// When the last good set was fetched (ms), if ever.
+    pub fn last_good_ms(&self, store: &dyn SharedStore) -> Option<u64> {
+        Some(self.state(store).0.last_good_ms).filter(|ms| *ms != 0)
+    }
+
     /// Whether the last good fetch is older than `max_stale_seconds`: keys
     /// that old are no longer trusted (the identity service may have
     /// withdrawn them).

@@ -82,6 +82,8 @@ pub enum Effect {
     Tick(Duration),
     /// Count this in stats.
     Count(Stat),
+    /// Record this value in a histogram, or set a gauge to it.
+    Record(Stat, u64),
 }
 
 /// What a callout is for.
@@ -116,6 +118,8 @@ struct KeyWaiter {
 struct Call {
     purpose: Purpose,
     owner: ContextId,
+    /// When it was made (ms), when the clock could be read.
+    sent_ms: Option<u64>,
 }
 
 /// Another worker's introspection this worker waits for: the claim's
@@ -293,6 +297,7 @@ impl Worker {
                     Call {
                         purpose: Purpose::Keys,
                         owner,
+                        sent_ms: now.map(|n| n.ms),
                     },
                 );
             }
@@ -304,6 +309,7 @@ impl Worker {
                     Call {
                         purpose: Purpose::Introspect(hash),
                         owner,
+                        sent_ms: now.map(|n| n.ms),
                     },
                 );
             }
@@ -316,6 +322,7 @@ impl Worker {
             }
             (None, Purpose::Introspect(hash)) => {
                 log::error!("erp-edge-validator: cannot call the identity service: the host refused the call");
+                out.push(Effect::Count(Stat::IntrospectionErrors));
                 if let Some(cache) = &self.cache {
                     cache.finish(store, &hash, now.map(|n| n.ms.saturating_add(FAILURE_SHARED_MS)));
                 }
@@ -335,10 +342,24 @@ impl Worker {
         store: &dyn SharedStore,
     ) -> Vec<Effect> {
         let mut out = Vec::new();
-        match self.calls.remove(&call).map(|c| c.purpose) {
+        match self.calls.remove(&call) {
             None => {}
-            Some(Purpose::Keys) => self.keys_fetched(response, now, store, &mut out),
-            Some(Purpose::Introspect(hash)) => self.introspected(&hash, response, now, store, &mut out),
+            Some(Call {
+                purpose: Purpose::Keys, ..
+            }) => self.keys_fetched(response, now, store, &mut out),
+            Some(Call {
+                purpose: Purpose::Introspect(hash),
+                sent_ms,
+                ..
+            }) => {
+                if let (Some(sent), Some(now)) = (sent_ms, now) {
+                    out.push(Effect::Record(
+                        Stat::IntrospectionLatencyMs,
+                        now.ms.saturating_sub(sent),
+                    ));
+                }
+                self.introspected(&hash, response, now, store, &mut out);
+            }
         }
         self.wrap_up(&mut out);
         out
@@ -521,6 +542,13 @@ impl Worker {
             }
         };
         let mut until = None;
+        out.push(Effect::Count(match (&answer, status.as_deref()) {
+            (Ok(Answer::Active(_)), _) => Stat::IntrospectionActive,
+            (Ok(_), _) => Stat::IntrospectionInactive,
+            // Envoy answers a callout that ran out of time with its own 504.
+            (Err(_), Some("504")) => Stat::IntrospectionTimeouts,
+            (Err(_), _) => Stat::IntrospectionErrors,
+        }));
         match &answer {
             Ok(a) => {
                 let expiry = cache.put(store, hash, a, now.secs);
@@ -705,6 +733,12 @@ impl Worker {
     fn tick_keys(&mut self, now: Now, store: &dyn SharedStore, out: &mut Vec<Effect>) {
         let Some(sync) = self.key_sync.clone() else { return };
         self.refresh_keys(&sync, store, now);
+        if let Some(good_ms) = sync.last_good_ms(store) {
+            out.push(Effect::Record(
+                Stat::KeySetAgeSeconds,
+                now.ms.saturating_sub(good_ms) / 1000,
+            ));
+        }
         let forced = std::mem::take(&mut self.force_key_fetch);
         if !self.fetching_keys
             && ((forced && sync.try_claim(store, Reason::UnknownKid, now.ms))
@@ -826,9 +860,15 @@ impl Worker {
     /// signatures verified meanwhile, by path.
     fn wrap_up(&mut self, out: &mut Vec<Effect>) {
         self.retick(out);
-        let (host, module) = self.engine.take_verifications();
-        out.extend((0..host).map(|_| Effect::Count(Stat::Rs256HostVerifications)));
-        out.extend((0..module).map(|_| Effect::Count(Stat::Rs256ModuleVerifications)));
+        let counts = self.engine.take_counts();
+        for (n, stat) in [
+            (counts.by_host, Stat::Rs256HostVerifications),
+            (counts.in_module, Stat::Rs256ModuleVerifications),
+            (counts.jwt_hits, Stat::JwtCacheHits),
+            (counts.jwt_misses, Stat::JwtCacheMisses),
+        ] {
+            out.extend((0..n).map(|_| Effect::Count(stat)));
+        }
     }
 
     /// Asks the host for the tick period the work needs, if it changed.

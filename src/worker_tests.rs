@@ -112,6 +112,8 @@ struct Host {
     next_id: u32,
     ticks: Vec<Duration>,
     counts: HashMap<Stat, u32>,
+    /// Histogram and gauge values, in order.
+    records: Vec<(Stat, u64)>,
     /// The keys the identity service publishes: the first key, then both,
     /// then the rotated one only.
     rotated: bool,
@@ -138,6 +140,7 @@ impl Host {
             next_id: 1,
             ticks: vec![Duration::ZERO; workers],
             counts: HashMap::new(),
+            records: Vec::new(),
             rotated: false,
             retired_old: false,
             service: Service::Truthful,
@@ -188,6 +191,7 @@ impl Host {
                 }
                 Effect::Tick(period) => self.ticks[w] = period,
                 Effect::Count(stat) => *self.counts.entry(stat).or_default() += 1,
+                Effect::Record(stat, value) => self.records.push((stat, value)),
             }
         }
     }
@@ -404,6 +408,33 @@ fn one_callout_answers_many_waiters_on_one_worker() {
     let again = host.request(0, READ_PAT);
     assert_eq!(host.outcome(again), Some(Outcome::Allowed), "remembered, no call");
     assert!(host.calls.is_empty());
+}
+
+#[test]
+fn introspection_latency_and_key_set_age_are_recorded() {
+    let mut host = Host::new(1).with_keys();
+    let stream = host.request(0, READ_PAT);
+    host.advance(37);
+    host.answer_all();
+    assert_eq!(host.outcome(stream), Some(Outcome::Allowed));
+    assert!(
+        host.records.contains(&(Stat::IntrospectionLatencyMs, 37)),
+        "{:?}",
+        host.records
+    );
+    assert_eq!(
+        (
+            host.count(Stat::IntrospectionActive),
+            host.count(Stat::IntrospectionErrors)
+        ),
+        (1, 0)
+    );
+    // Five seconds after the last good fetch, a tick says so.
+    host.records.clear();
+    host.advance(5_000);
+    host.tick(0);
+    let age = host.records.iter().rev().find(|(s, _)| *s == Stat::KeySetAgeSeconds);
+    assert!(matches!(age, Some((_, 5))), "{:?}", host.records);
 }
 
 #[test]
