@@ -6,6 +6,8 @@
 #   make lint    rustfmt and clippy (-D warnings), native and wasm32
 #   make inspector  the decision inspector page (wasm-bindgen) in target/inspector/
 #   make inspect    build it and serve it on 127.0.0.1, the form filled in
+#   make image   the plugin as an OCI image (one layer, plugin.wasm) in target/,
+#                and the mesh manifests rendered into target/deploy/
 #   make fuzz    libFuzzer on every input parser, FUZZ_SECONDS (60) per target
 #   make soak    Envoy under mixed and hostile load with identity-service
 #                faults, SOAK_SECONDS (600); prints one table, fails on a bound
@@ -22,7 +24,7 @@ ENVOY := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 PYTHON ?= python3
 
-.PHONY: all build toolchain venv test run lint bench wrk compose-config clean fuzz cargo-fuzz soak inspector inspect wasm-bindgen chromium
+.PHONY: image umoci all build toolchain venv test run lint bench wrk compose-config clean fuzz cargo-fuzz soak inspector inspect wasm-bindgen chromium
 
 all: build
 
@@ -43,7 +45,7 @@ build: toolchain
 	cargo build -p erp-devstack -p erp-edge-inspector
 	@ls -l $(WASM)
 
-test: build venv inspector chromium
+test: build venv inspector chromium image
 	cargo test --workspace
 
 run: build venv
@@ -86,6 +88,27 @@ inspector: toolchain wasm-bindgen
 
 inspect: inspector
 	cargo run --quiet -p erp-devstack -- inspect
+
+# The plugin as Istio's WasmPlugin and Envoy Gateway pull it: an OCI image
+# with exactly one layer holding plugin.wasm (the FROM scratch + COPY form),
+# built without a daemon by Debian's umoci; then deploy/ rendered with its
+# digest into target/deploy/.
+IMAGE := target/image
+IMAGE_TAG := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+image: build umoci
+	rm -rf $(IMAGE) && mkdir -p $(IMAGE)
+	umoci init --layout $(IMAGE)/layout
+	umoci new --image $(IMAGE)/layout:$(IMAGE_TAG)
+	umoci unpack --image $(IMAGE)/layout:$(IMAGE_TAG) $(IMAGE)/bundle >/dev/null
+	install -m 0644 $(WASM) $(IMAGE)/bundle/rootfs/plugin.wasm
+	umoci repack --image $(IMAGE)/layout:$(IMAGE_TAG) $(IMAGE)/bundle
+	umoci gc --layout $(IMAGE)/layout
+	tar -C $(IMAGE)/layout -cf target/erp-edge-validator-oci.tar .
+	cargo run --quiet -p erp-devstack -- render-deploy
+	@echo "image: target/erp-edge-validator-oci.tar (OCI layout, tag $(IMAGE_TAG)); manifests: target/deploy/"
+
+umoci:
+	@command -v umoci >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq umoci >/dev/null; }
 
 # Headless Chromium and its WebDriver for the inspector's browser test.
 chromium:

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod deploy;
 pub mod echo;
 pub mod envoy;
 pub mod idp;

@@ -44,9 +44,14 @@ fn main() -> ExitCode {
         Some("render-compose") => envoy::render_compose().map(|yaml| print!("{yaml}")),
         Some("bench") => erp_devstack::bench::run(),
         Some("soak") => erp_devstack::soak::run(),
+        Some("render-deploy") => erp_devstack::deploy::render().map(|files| {
+            for file in files {
+                println!("{}", file.display());
+            }
+        }),
         Some("inspect") => inspect(args.get(1).map_or("127.0.0.1:9090", String::as_str)),
         _ => Err(
-            "usage: erp-devstack run | idp [ADDR] | echo [ADDR] | render-compose | bench | soak | inspect [ADDR]"
+            "usage: erp-devstack run | idp [ADDR] | echo [ADDR] | render-compose | bench | soak | inspect [ADDR] | render-deploy"
                 .into(),
         ),
     };
