@@ -12,7 +12,7 @@ use crate::introspection::IntrospectionConfig;
 use crate::jwks::KeySet;
 use crate::key_refresh::RemoteJwksConfig;
 use crate::policy::{Policy, RouteRule, UnmatchedRoutes};
-use crate::principal::IdentityHeaders;
+use crate::principal::{ClaimToHeader, IdentityHeaders};
 
 /// The configuration as written by the operator.
 #[derive(Debug, Deserialize)]
@@ -76,6 +76,10 @@ pub struct RawConfig {
     /// Default false: the Domain API checks the token again.
     #[serde(default)]
     pub strip_credential: bool,
+    /// Claims (JWT) and answer fields (introspection) sent upstream as
+    /// headers: `[{"claim": "a.b", "header": "x-…"}]`. Default none.
+    #[serde(default)]
+    pub claims_to_headers: Vec<ClaimToHeader>,
     /// Pass CORS preflights (`OPTIONS` with `Origin` and
     /// `Access-Control-Request-Method`) without a credential, as
     /// `jwt_authn`'s `bypass_cors_preflight`. Default false.
@@ -148,6 +152,7 @@ pub struct Config {
     pub identity_headers: IdentityHeaders,
     pub strip_credential: bool,
     pub bypass_cors_preflight: bool,
+    pub claims_to_headers: Vec<ClaimToHeader>,
     pub rsa_verifier: RsaVerifier,
 }
 
@@ -288,6 +293,33 @@ impl RawConfig {
                 ));
             }
         }
+        let claims_to_headers = self.claims_to_headers;
+        if claims_to_headers.len() > 32 {
+            return Err(ConfigError::new("claims_to_headers", "at most 32 entries"));
+        }
+        for (i, m) in claims_to_headers.iter().enumerate() {
+            let field = |name: &str| format!("claims_to_headers[{i}].{name}");
+            if m.claim.is_empty() || m.claim.split('.').any(str::is_empty) {
+                return Err(ConfigError::new(
+                    field("claim"),
+                    "must be a claim name or a dot path like `a.b`",
+                ));
+            }
+            let taken = names.contains(&m.header.as_str())
+                || m.header == "authorization"
+                || api_key_headers.iter().any(|h| *h == m.header)
+                || claims_to_headers[..i].iter().any(|other| other.header == m.header);
+            if !is_header_name(&m.header) || taken {
+                return Err(ConfigError::new(
+                    field("header"),
+                    format!(
+                        "`{}` must be a lower-case header name not used by a credential, an identity header or another entry",
+                        m.header
+                    ),
+                ));
+            }
+        }
+        identity_headers.mapped = claims_to_headers.iter().map(|m| m.header.clone()).collect();
         Ok(Config {
             realm: self.realm,
             issuers: self.issuers,
@@ -305,6 +337,7 @@ impl RawConfig {
             identity_headers,
             strip_credential: self.strip_credential,
             bypass_cors_preflight: self.bypass_cors_preflight,
+            claims_to_headers,
             rsa_verifier: self.rsa_verifier,
         })
     }

@@ -16,7 +16,7 @@ use crate::introspection::Answer;
 use crate::jwks::KeySet;
 use crate::jwt::{self, ClaimRules, JwtError};
 use crate::policy::Access;
-use crate::principal::{same_header_name, Identity, Principal};
+use crate::principal::{mapped_claims, same_header_name, Identity, Principal};
 use crate::rejection::Rejection;
 use crate::secret::{self, Secret, TokenHash};
 use crate::verified::{Remembered, VerifiedCache};
@@ -85,6 +85,14 @@ pub(crate) fn check_request(request: &RequestHead<'_>) -> Result<(), Rejection> 
         ));
     }
     Ok(())
+}
+
+/// The claims of a token already verified, as JSON (for `claims_to_headers`).
+fn token_claims(token: &str) -> Option<serde_json::Value> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// A CORS preflight (Fetch standard §3.2.2): `OPTIONS` with `Origin` and
@@ -384,7 +392,13 @@ impl Engine {
             &self.verifications.module
         };
         bump(counter);
-        let identity = match self.identity(checked.principal) {
+        let mut principal = checked.principal;
+        if !self.config.claims_to_headers.is_empty() {
+            principal.claims = token_claims(token)
+                .map(|claims| mapped_claims(&claims, &self.config.claims_to_headers))
+                .unwrap_or_default();
+        }
+        let identity = match self.identity(principal) {
             Ok(identity) => identity,
             Err(_) => return Err(JwtError::UnsafeClaim),
         };
@@ -416,6 +430,54 @@ mod tests {
     use super::*;
     use crate::testkit::{self, NOW};
     use serde_json::json;
+
+    #[test]
+    fn claims_to_headers_carry_jwt_claims_upstream() {
+        let engine = Engine::new(testkit::config_from(|c| {
+            c["claims_to_headers"] = json!([
+                {"claim": "client_system_user_type", "header": "x-erp-user-type"},
+                {"claim": "aud", "header": "x-audiences"},
+                {"claim": "absent", "header": "x-absent"}
+            ])
+        }));
+        let auth = format!("Bearer {}", testkit::token(&["read"]));
+        let head = RequestHead {
+            method: "GET",
+            path: "/api/domain/x",
+            headers: &[("authorization", &auth)],
+        };
+        let mut memory = Remembered::new(10, 10);
+        for pass in 0..2 {
+            // The second time from the worker's memory, with the same headers.
+            let step = engine.decide(&head, &engine.config().inline_keys, &mut memory, NOW);
+            let Step::Done(Verdict::Allow(allowed)) = step else {
+                panic!("{step:?}")
+            };
+            let headers = allowed.set_headers();
+            assert!(
+                headers.contains(&("x-erp-user-type".into(), "Internal".into())),
+                "pass {pass}: {headers:?}"
+            );
+            assert!(headers
+                .iter()
+                .any(|(n, v)| n == "x-audiences" && v.contains("DomainAPI")));
+            assert!(!headers.iter().any(|(n, _)| n == "x-absent"));
+        }
+    }
+
+    #[test]
+    fn claims_to_headers_names_are_checked() {
+        let bad = |mapping: serde_json::Value| {
+            let mut doc = testkit::config_json();
+            doc["claims_to_headers"] = json!([mapping]);
+            Config::from_json(doc.to_string().as_bytes()).unwrap_err().to_string()
+        };
+        assert!(bad(json!({"claim": "a", "header": "x-erp-client-id"})).contains("claims_to_headers[0].header"));
+        assert!(bad(json!({"claim": "a", "header": "authorization"})).contains("claims_to_headers[0].header"));
+        assert!(bad(json!({"claim": "a", "header": "X-Upper"})).contains("claims_to_headers[0].header"));
+        assert!(bad(json!({"claim": "a..b", "header": "x-a"})).contains("claims_to_headers[0].claim"));
+        assert!(bad(json!({"claim": "a", "header": "x-a", "other": 1})).contains("claims_to_headers"));
+    }
 
     #[test]
     fn cors_preflights_pass_without_a_credential_only_when_configured() {
@@ -667,6 +729,7 @@ mod tests {
             system_user: None,
             scopes: vec!["read".into()],
             expires_at,
+            claims: Vec::new(),
         }
     }
 

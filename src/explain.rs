@@ -109,6 +109,7 @@ pub fn explain(inputs: &Inputs<'_>) -> Result<Trace, ConfigError> {
     let rules = AnswerRules {
         audiences: &config.audiences,
         issuers: &config.issuers,
+        claims_to_headers: &config.claims_to_headers,
     };
     // Only the engine decides; the checks above and below narrate.
     let engine = Engine::new(Config::from_json(inputs.config)?);

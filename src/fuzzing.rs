@@ -349,6 +349,7 @@ pub fn introspection(data: &[u8]) {
         let rules = AnswerRules {
             audiences: &config.audiences,
             issuers: &config.issuers,
+            claims_to_headers: &config.claims_to_headers,
         };
         read_answer((!status.is_empty()).then_some(status), body, NOW, rules)
     });
@@ -724,6 +725,7 @@ mod tests {
             AnswerRules {
                 audiences: &[AUDIENCE.into()],
                 issuers: &[ISSUER.into()],
+                claims_to_headers: &[],
             },
         ) {
             Ok(Answer::Active(p)) => p,

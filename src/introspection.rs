@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::config_error::{check_fields, ConfigError};
 use crate::endpoint::Endpoint;
 use crate::host::Callout;
-use crate::principal::{Audience, Principal, PrincipalKind, ScopeClaim};
+use crate::principal::{mapped_claims, Audience, ClaimToHeader, Principal, PrincipalKind, ScopeClaim};
 use crate::rejection::Rejection;
 use crate::secret::Secret;
 
@@ -175,6 +175,8 @@ pub enum Answer {
 pub struct AnswerRules<'a> {
     pub audiences: &'a [String],
     pub issuers: &'a [String],
+    /// Answer fields passed upstream as headers (`claims_to_headers`).
+    pub claims_to_headers: &'a [ClaimToHeader],
 }
 
 #[derive(Deserialize)]
@@ -237,6 +239,11 @@ pub fn read_answer(status: Option<&str>, body: &[u8], now: u64, rules: AnswerRul
         system_user: response.client_system_user,
         scopes,
         expires_at: response.exp.unwrap_or(u64::MAX),
+        // Read again as a whole only when fields are mapped.
+        claims: match rules.claims_to_headers {
+            [] => Vec::new(),
+            mappings => serde_json::from_slice(body).map_or_else(|_| Vec::new(), |v| mapped_claims(&v, mappings)),
+        },
     }))
 }
 
@@ -248,6 +255,7 @@ mod tests {
     const RULES: AnswerRules<'static> = AnswerRules {
         audiences: &[],
         issuers: &[],
+        claims_to_headers: &[],
     };
 
     fn ours() -> (Vec<String>, Vec<String>) {
@@ -262,6 +270,27 @@ mod tests {
             "client_secret": "s3cr:et&",
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn mapped_answer_fields_become_claims() {
+        let mappings = [ClaimToHeader {
+            claim: "client_system_user_type".into(),
+            header: "x-erp-user-type".into(),
+        }];
+        let rules = AnswerRules {
+            claims_to_headers: &mappings,
+            ..RULES
+        };
+        let body = br#"{"active": true, "scope": "read", "client_id": "app", "client_system_user_type": "Internal"}"#;
+        let Ok(Answer::Active(p)) = read_answer(Some("200"), body, NOW, rules) else {
+            panic!("active")
+        };
+        assert_eq!(p.claims, [("x-erp-user-type".to_string(), "Internal".to_string())]);
+        let Ok(Answer::Active(p)) = read_answer(Some("200"), body, NOW, RULES) else {
+            panic!("active")
+        };
+        assert!(p.claims.is_empty(), "nothing mapped, nothing read");
     }
 
     #[test]
@@ -363,6 +392,7 @@ mod tests {
         let rules = AnswerRules {
             audiences: &audiences,
             issuers: &issuers,
+            claims_to_headers: &[],
         };
         let read = |body: &str| read_answer(Some("200"), body.as_bytes(), NOW, rules);
         assert!(matches!(

@@ -252,6 +252,7 @@ pub fn verify_with(
             None => Vec::new(),
         },
         expires_at: u64::try_from(exp).unwrap_or(0),
+        claims: Vec::new(),
     };
     Ok(Verified {
         principal,

@@ -23,6 +23,10 @@ pub struct IdentityHeaders {
     pub system_user: String,
     /// `jwt`, `reference-user` or `reference-service`. Default `x-erp-token-kind`.
     pub token_kind: String,
+    /// The `claims_to_headers` header names (set from that field, not here):
+    /// stripped from clients like the others.
+    #[serde(skip)]
+    pub mapped: Vec<String>,
 }
 
 impl Default for IdentityHeaders {
@@ -34,6 +38,7 @@ impl Default for IdentityHeaders {
             client_db: "x-erp-client-db".into(),
             system_user: "x-erp-system-user".into(),
             token_kind: "x-erp-token-kind".into(),
+            mapped: Vec::new(),
         }
     }
 }
@@ -57,6 +62,7 @@ impl IdentityHeaders {
         let looks_like = |name: &str| {
             name.get(..6).is_some_and(|head| same_header_name(head, "x-erp-"))
                 || self.names().into_iter().any(|target| same_header_name(name, target))
+                || self.mapped.iter().any(|target| same_header_name(name, target))
         };
         let mut copies: Vec<String> = headers
             .iter()
@@ -119,6 +125,45 @@ pub struct Principal {
     pub scopes: Vec<String>,
     /// `exp`, seconds since the epoch.
     pub expires_at: u64,
+    /// Headers from `claims_to_headers`: (header, value), in its order.
+    #[serde(default)]
+    pub claims: Vec<(String, String)>,
+}
+
+/// One `claims_to_headers` entry: a claim (JWT) or answer field
+/// (introspection), by a dot path into nested objects, and the request
+/// header that carries it upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+#[serde(deny_unknown_fields)]
+pub struct ClaimToHeader {
+    pub claim: String,
+    pub header: String,
+}
+
+/// The values of `mappings` in a token's claims or an introspection answer:
+/// strings as they are, numbers and booleans as JSON writes them, arrays of
+/// those joined by spaces. Absent, null, object or mixed values give no
+/// header.
+pub fn mapped_claims(root: &serde_json::Value, mappings: &[ClaimToHeader]) -> Vec<(String, String)> {
+    use serde_json::Value;
+    let scalar = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    mappings
+        .iter()
+        .filter_map(|m| {
+            let value = m.claim.split('.').try_fold(root, |v, key| v.get(key))?;
+            let text = match value {
+                Value::Array(items) => items.iter().map(scalar).collect::<Option<Vec<_>>>()?.join(" "),
+                other => scalar(other)?,
+            };
+            Some((m.header.clone(), text))
+        })
+        .collect()
 }
 
 /// `aud`: one audience or several (RFC 7519 §4.1.3).
@@ -183,7 +228,7 @@ impl Principal {
     /// once; absent claims produce no header (their client copies are removed
     /// anyway). A claim that cannot be a header value refuses the request
     /// rather than being cut or passed on.
-    pub fn headers<'h>(&self, names: &'h IdentityHeaders) -> Result<Vec<(&'h str, String)>, Rejection> {
+    pub fn headers(&self, names: &IdentityHeaders) -> Result<Vec<(String, String)>, Rejection> {
         let scopes = self.scopes.join(" ");
         let values = [
             (&names.client_id, self.client_id.as_deref()),
@@ -193,15 +238,16 @@ impl Principal {
             (&names.system_user, self.system_user.as_deref()),
             (&names.token_kind, Some(self.kind.as_str())),
         ];
-        let mut out = Vec::with_capacity(values.len());
-        for (name, value) in values {
+        let mapped = self.claims.iter().map(|(n, v)| (n, Some(v.as_str())));
+        let mut out = Vec::with_capacity(values.len() + self.claims.len());
+        for (name, value) in values.into_iter().chain(mapped) {
             let Some(value) = value else { continue };
             if !value.chars().all(|c| c == ' ' || c == '\t' || !c.is_control()) {
                 return Err(Rejection::InvalidToken(
                     "a claim holds characters a header cannot carry",
                 ));
             }
-            out.push((name.as_str(), value.to_owned()));
+            out.push((name.clone(), value.to_owned()));
         }
         Ok(out)
     }
@@ -217,11 +263,7 @@ pub struct Identity {
 
 impl Identity {
     pub fn new(principal: Principal, names: &IdentityHeaders) -> Result<Self, Rejection> {
-        let headers = principal
-            .headers(names)?
-            .into_iter()
-            .map(|(n, v)| (n.to_owned(), v))
-            .collect();
+        let headers = principal.headers(names)?;
         Ok(Self { principal, headers })
     }
 }
@@ -240,6 +282,7 @@ mod tests {
             system_user: Some("p.kostov@erp.bg".into()),
             scopes: vec!["DomainApi".into(), "read".into()],
             expires_at: 1,
+            claims: Vec::new(),
         }
     }
 
@@ -247,6 +290,7 @@ mod tests {
     fn headers_carry_the_claims() {
         let names = IdentityHeaders::default();
         let headers = principal().headers(&names).unwrap();
+        let headers: Vec<(&str, String)> = headers.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
         assert_eq!(
             headers,
             [
@@ -256,6 +300,64 @@ mod tests {
                 ("x-erp-system-user", "p.kostov@erp.bg".to_string()),
                 ("x-erp-token-kind", "jwt".to_string()),
             ]
+        );
+    }
+
+    #[test]
+    fn mapped_claims_follow_paths_join_arrays_and_skip_what_is_not_a_value() {
+        let claims = json!({
+            "client_system_user_type": "Internal",
+            "org": {"unit": {"id": 42}, "active": true},
+            "aud": ["DomainAPI", "TableAPI"],
+            "mixed": ["a", {"b": 1}],
+            "nothing": null,
+            "object": {"x": 1},
+        });
+        let map = |claim: &str, header: &str| ClaimToHeader {
+            claim: claim.into(),
+            header: header.into(),
+        };
+        let mappings = [
+            map("client_system_user_type", "x-user-type"),
+            map("org.unit.id", "x-unit"),
+            map("org.active", "x-active"),
+            map("aud", "x-audiences"),
+            map("mixed", "x-mixed"),
+            map("nothing", "x-nothing"),
+            map("object", "x-object"),
+            map("absent.path", "x-absent"),
+        ];
+        assert_eq!(
+            mapped_claims(&claims, &mappings),
+            [
+                ("x-user-type".to_string(), "Internal".to_string()),
+                ("x-unit".into(), "42".into()),
+                ("x-active".into(), "true".into()),
+                ("x-audiences".into(), "DomainAPI TableAPI".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn mapped_claims_go_upstream_after_the_identity_headers_and_unsafe_ones_refuse() {
+        let names = IdentityHeaders::default();
+        let mut p = principal();
+        p.claims = vec![("x-user-type".into(), "Internal".into())];
+        let headers = p.headers(&names).unwrap();
+        assert_eq!(
+            headers.last(),
+            Some(&("x-user-type".to_string(), "Internal".to_string()))
+        );
+        p.claims = vec![("x-user-type".into(), "evil\r\nx-erp-client-id: admin".into())];
+        assert!(p.headers(&names).is_err());
+        // Their client copies are removed like the identity headers'.
+        let names = IdentityHeaders {
+            mapped: vec!["x-user-type".into()],
+            ..IdentityHeaders::default()
+        };
+        assert_eq!(
+            names.client_copies(&[("X_User_Type", "forged"), ("x-other", "kept")]),
+            ["X_User_Type"]
         );
     }
 

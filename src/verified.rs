@@ -184,6 +184,7 @@ mod tests {
             system_user: None,
             scopes: vec!["read".into()],
             expires_at: exp,
+            claims: Vec::new(),
         };
         Rc::new(Identity {
             principal,

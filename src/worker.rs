@@ -537,6 +537,7 @@ impl Worker {
                 let rules = AnswerRules {
                     audiences: &self.engine.config().audiences,
                     issuers: &self.engine.config().issuers,
+                    claims_to_headers: &self.engine.config().claims_to_headers,
                 };
                 introspection::read_answer(status.as_deref(), &body, now.secs, rules)
             }

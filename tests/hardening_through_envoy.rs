@@ -338,3 +338,43 @@ fn cors_preflights_pass_without_a_credential_only_when_configured() {
     assert_eq!(off.request("OPTIONS", CUSTOMERS, &preflight).status, 403);
     assert_eq!(off.echo.count(), 0);
 }
+
+#[test]
+fn claims_to_headers_go_upstream_and_client_copies_do_not() {
+    let stack = stack_with(json!({"claims_to_headers": [
+        {"claim": "client_system_user_type", "header": "x-user-type"},
+        {"claim": "aud", "header": "x-audiences"},
+        {"claim": "client_id", "header": "x-app"}
+    ]}));
+    let jwt = bearer(&stack.idp.access_token(&["DomainApi", "read"]));
+    // (An underscore spelling never arrives: Envoy refuses such headers.)
+    let forged = [("x-user-type", "Administrator"), ("x-app", "forged")];
+    let mut headers = vec![("authorization", jwt.as_str())];
+    headers.extend(forged);
+    let seen = upstream_headers(&stack.get(CUSTOMERS, &headers));
+    assert_eq!(seen["x-user-type"], "Internal");
+    assert!(
+        seen["x-audiences"]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .any(|a| a == "DomainAPI"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["x-app"], "my.trusted.app/first",
+        "the client's copy is gone: {seen}"
+    );
+    // A PAT: the introspection answer's fields, through the shared cache too.
+    let pat = bearer(&stack.idp.issue_reference(ReferenceKind::Pat, &["read"], 3600));
+    for _ in 0..2 {
+        let mut headers = vec![("authorization", pat.as_str())];
+        headers.extend(forged);
+        let seen = upstream_headers(&stack.get(CUSTOMERS, &headers));
+        assert!(
+            seen.get("x-user-type").is_none(),
+            "the answer has no such field: {seen}"
+        );
+        assert_eq!(seen["x-app"], seen["x-erp-client-id"], "{seen}");
+    }
+}
