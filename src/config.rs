@@ -307,7 +307,7 @@ impl RawConfig {
             }
             let taken = names.contains(&m.header.as_str())
                 || m.header == "authorization"
-                || api_key_headers.iter().any(|h| *h == m.header)
+                || api_key_headers.contains(&m.header)
                 || claims_to_headers[..i].iter().any(|other| other.header == m.header);
             if !is_header_name(&m.header) || taken {
                 return Err(ConfigError::new(
