@@ -76,6 +76,11 @@ pub struct RawConfig {
     /// Default false: the Domain API checks the token again.
     #[serde(default)]
     pub strip_credential: bool,
+    /// Pass every request the filter would refuse with 400, 401 or 403,
+    /// logging and counting the refusal (rolling out the filter). Default
+    /// false; route rules have their own `report_only`.
+    #[serde(default)]
+    pub report_only: bool,
     /// Claims (JWT) and answer fields (introspection) sent upstream as
     /// headers: `[{"claim": "a.b", "header": "x-…"}]`. Default none.
     #[serde(default)]
@@ -153,6 +158,7 @@ pub struct Config {
     pub strip_credential: bool,
     pub bypass_cors_preflight: bool,
     pub claims_to_headers: Vec<ClaimToHeader>,
+    pub report_only: bool,
     pub rsa_verifier: RsaVerifier,
 }
 
@@ -163,8 +169,14 @@ impl Config {
             [] => String::new(),
             _ => format!("; skipped signing keys: {}", self.inline_keys.skipped_summary()),
         };
+        let rules = self.policy.report_only_rules();
+        let report_only = match (self.report_only, rules.is_empty()) {
+            (true, _) => "; REPORT-ONLY: refusals are logged and counted, and the requests pass".to_owned(),
+            (false, false) => format!("; REPORT-ONLY for rules {rules:?}: their refusals pass"),
+            (false, true) => String::new(),
+        };
         format!(
-            "{} inline signing key(s) {:?}, remote keys {}, {} issuer(s), reference tokens {}{skipped}",
+            "{} inline signing key(s) {:?}, remote keys {}, {} issuer(s), reference tokens {}{skipped}{report_only}",
             self.inline_keys.len(),
             self.inline_keys.kids(),
             if self.remote_jwks.is_some() { "on" } else { "off" },
@@ -338,6 +350,7 @@ impl RawConfig {
             strip_credential: self.strip_credential,
             bypass_cors_preflight: self.bypass_cors_preflight,
             claims_to_headers,
+            report_only: self.report_only,
             rsa_verifier: self.rsa_verifier,
         })
     }

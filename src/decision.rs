@@ -19,6 +19,7 @@ use crate::policy::Access;
 use crate::principal::{mapped_claims, same_header_name, Identity, Principal};
 use crate::rejection::Rejection;
 use crate::secret::{self, Secret, TokenHash};
+use crate::stats::Stat;
 use crate::verified::{Remembered, VerifiedCache};
 
 /// The parts of a request the decision reads.
@@ -123,6 +124,8 @@ pub struct PendingJwt {
     token: Secret,
     access: Access,
     credential_header: String,
+    /// Refusals pass (`report_only`, for the whole filter or this rule).
+    report_only: bool,
 }
 
 /// A request waiting for the identity service's word on its reference
@@ -134,6 +137,7 @@ pub struct PendingReference {
     token: Secret,
     access: Access,
     credential_header: String,
+    report_only: bool,
 }
 
 impl PendingReference {
@@ -156,6 +160,8 @@ pub struct Allowed {
     pub identity: Option<Rc<Identity>>,
     /// Credential header to remove (`strip_credential`).
     pub remove_header: Option<String>,
+    /// In report-only mode: the refusal this request would have had.
+    pub would_deny: Option<Rejection>,
 }
 
 impl Allowed {
@@ -166,6 +172,15 @@ impl Allowed {
 
     pub fn principal(&self) -> Option<&Principal> {
         self.identity.as_ref().map(|i| &i.principal)
+    }
+
+    /// The counter it goes under.
+    pub fn stat(&self) -> Stat {
+        if self.would_deny.is_some() {
+            Stat::ReportOnlyPassed
+        } else {
+            Stat::Allowed
+        }
     }
 }
 
@@ -254,8 +269,32 @@ impl Engine {
     /// and what this worker remembers. `now` is seconds since the epoch.
     pub fn decide(&self, request: &RequestHead<'_>, keys: &KeySet, memory: &mut Remembered, now: u64) -> Step {
         match self.first_pass(request, keys, memory, now) {
+            Ok(Step::Done(verdict)) => Step::Done(self.settle(verdict, self.report_only(request))),
             Ok(step) => step,
-            Err(rejection) => Step::Done(Verdict::Deny(rejection)),
+            Err(rejection) => Step::Done(self.settle(Verdict::Deny(rejection), self.report_only(request))),
+        }
+    }
+
+    /// Whether refusals of this request pass: the whole filter, or its
+    /// rule, is in report-only mode.
+    fn report_only(&self, request: &RequestHead<'_>) -> bool {
+        self.config.report_only || self.config.policy.report_only(request.method, request.path)
+    }
+
+    /// In report-only mode a refusal (400, 401, 403) becomes a pass without
+    /// identity headers, logged and counted as such. 503 still refuses: the
+    /// filter could not judge, and report-only is about its judgements.
+    fn settle(&self, verdict: Verdict, report_only: bool) -> Verdict {
+        match verdict {
+            Verdict::Deny(rejection) if report_only && rejection.status() != 503 => {
+                log::info!("erp-edge-validator: report-only: would refuse: {rejection}");
+                Verdict::Allow(Allowed {
+                    identity: None,
+                    remove_header: None,
+                    would_deny: Some(rejection),
+                })
+            }
+            verdict => verdict,
         }
     }
 
@@ -265,6 +304,17 @@ impl Engine {
     /// An active answer the shared cache keeps until second `until` is
     /// remembered in `references` as long.
     pub fn finish_reference(
+        &self,
+        pending: &PendingReference,
+        answer: Result<&Answer, &Rejection>,
+        references: &mut VerifiedCache,
+        until: Option<u64>,
+    ) -> Verdict {
+        let verdict = self.finish_reference_inner(pending, answer, references, until);
+        self.settle(verdict, pending.report_only)
+    }
+
+    fn finish_reference_inner(
         &self,
         pending: &PendingReference,
         answer: Result<&Answer, &Rejection>,
@@ -293,11 +343,12 @@ impl Engine {
         let token = pending.token.expose();
         // Another request may have verified the same token meanwhile.
         let remembered = memory.jwts.get(token, now).map(|identity| Ok(Rc::clone(identity)));
-        remembered
+        let verdict = remembered
             .unwrap_or_else(|| self.verify_jwt(token, keys, &mut memory.jwts, now))
             .map_err(Rejection::from)
             .and_then(|identity| self.allow(&pending.access, identity, &pending.credential_header))
-            .into()
+            .into();
+        self.settle(verdict, pending.report_only)
     }
 
     fn first_pass(
@@ -312,6 +363,7 @@ impl Engine {
             return Ok(Step::Done(Verdict::Allow(Allowed {
                 identity: None,
                 remove_header: None,
+                would_deny: None,
             })));
         }
         let access = self.config.policy.access(request.method, request.path)?;
@@ -319,6 +371,7 @@ impl Engine {
             return Ok(Step::Done(Verdict::Allow(Allowed {
                 identity: None,
                 remove_header: None,
+                would_deny: None,
             })));
         }
         let located = credential::locate(
@@ -348,16 +401,17 @@ impl Engine {
                     token: Secret::new(credential.token),
                     access: access.clone(),
                     credential_header: credential.header.to_owned(),
+                    report_only: self.report_only(request),
                 })),
                 Err(e) => Err(e.into()),
             },
-            TokenKind::Reference => self.reference(access, &credential),
+            TokenKind::Reference => self.reference(access, &credential, self.report_only(request)),
         }
     }
 
     /// A reference token this worker does not remember (the first pass
     /// looked): refused if malformed, else to be introspected.
-    fn reference(&self, access: &Access, credential: &Credential<'_>) -> Result<Step, Rejection> {
+    fn reference(&self, access: &Access, credential: &Credential<'_>, report_only: bool) -> Result<Step, Rejection> {
         if self.config.introspection.is_none() {
             return Err(Rejection::InvalidToken("reference tokens are not accepted here"));
         }
@@ -370,6 +424,7 @@ impl Engine {
             token: Secret::new(credential.token),
             access: access.clone(),
             credential_header: credential.header.to_owned(),
+            report_only,
         }))
     }
 
@@ -416,6 +471,7 @@ impl Engine {
         Ok(Allowed {
             identity: Some(identity),
             remove_header: self.config.strip_credential.then(|| credential_header.to_owned()),
+            would_deny: None,
         })
     }
 
@@ -430,6 +486,59 @@ mod tests {
     use super::*;
     use crate::testkit::{self, NOW};
     use serde_json::json;
+
+    #[test]
+    fn report_only_passes_refusals_of_its_rules_without_identity_and_keeps_503() {
+        let read = format!("Bearer {}", testkit::token(&["read"]));
+        let run = |patch: serde_json::Value, method: &str, headers: &[(&str, &str)]| {
+            let engine = Engine::new(testkit::config_from(|c| {
+                if let (Some(c), Some(p)) = (c.as_object_mut(), patch.as_object()) {
+                    c.extend(p.clone());
+                }
+            }));
+            let head = RequestHead {
+                method,
+                path: "/api/domain/x",
+                headers,
+            };
+            engine.decide(&head, &engine.config().inline_keys, &mut Remembered::new(10, 10), NOW)
+        };
+        let passed = |step: &Step| match step {
+            Step::Done(Verdict::Allow(a)) => a.would_deny.clone().filter(|_| a.identity.is_none()),
+            _ => None,
+        };
+        // The POST rule in report-only: a read-only token's POST passes.
+        let rules = json!({"routes": [
+            {"prefix": "/api/domain/", "methods": ["GET"], "all_of": ["read"]},
+            {"prefix": "/api/domain/", "methods": ["POST"], "all_of": ["update"], "report_only": true}
+        ]});
+        let step = run(rules.clone(), "POST", &[("authorization", &read)]);
+        assert!(
+            matches!(passed(&step), Some(Rejection::InsufficientScope { .. })),
+            "{step:?}"
+        );
+        assert_eq!(
+            passed(&run(rules.clone(), "POST", &[])),
+            Some(Rejection::MissingCredential)
+        );
+        // The GET rule is not: its refusals stand, its passes are plain.
+        assert_eq!(
+            run(rules.clone(), "GET", &[]),
+            Step::Done(Verdict::Deny(Rejection::MissingCredential))
+        );
+        let step = run(rules, "GET", &[("authorization", &read)]);
+        assert!(matches!(&step, Step::Done(Verdict::Allow(a)) if a.would_deny.is_none() && a.identity.is_some()));
+        // Globally: every refusal passes, but not a 503 (no keys: not judged).
+        let global = json!({"report_only": true});
+        assert!(passed(&run(global.clone(), "DELETE", &[("authorization", &read)])).is_some());
+        let no_keys =
+            json!({"report_only": true, "jwks": null, "remote_jwks": {"cluster": "identity", "authority": "idp"}});
+        let step = run(no_keys, "GET", &[("authorization", &read)]);
+        assert!(
+            matches!(step, Step::Done(Verdict::Deny(Rejection::Unavailable(_)))),
+            "{step:?}"
+        );
+    }
 
     #[test]
     fn claims_to_headers_carry_jwt_claims_upstream() {

@@ -195,6 +195,14 @@ pub fn explain(inputs: &Inputs<'_>) -> Result<Trace, ConfigError> {
             if let Some(header) = &allowed.remove_header {
                 trace.removed_headers.push(header.clone());
             }
+            if let Some(rejection) = &allowed.would_deny {
+                trace.checks.push(fail(
+                    "report-only",
+                    format!("would refuse: {rejection}; the request passes"),
+                ));
+                trace.summary = format!("passed in report-only mode; would refuse: {rejection}");
+                return Ok(trace);
+            }
             trace.summary = match allowed.principal() {
                 Some(p) => format!(
                     "allowed: {} for client {}",

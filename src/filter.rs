@@ -140,7 +140,7 @@ impl Shared {
             match effect {
                 Effect::Allow { allowed, .. } => match rewrite(&allowed) {
                     Ok(()) => {
-                        self.metrics.count(Stat::Allowed, 1);
+                        self.metrics.count(allowed.stat(), 1);
                         if is_current {
                             action = Action::Continue;
                         } else if let Err(status) = hostcalls::resume_http_request() {

@@ -40,6 +40,10 @@ pub struct RouteRule {
     /// rule too. Default false: paths compare exactly.
     #[serde(default)]
     pub case_insensitive: bool,
+    /// Refusals of this rule's requests are logged and counted but the
+    /// requests pass (rolling out a new rule). Default false.
+    #[serde(default)]
+    pub report_only: bool,
 }
 
 /// What happens to a request that matches no rule.
@@ -75,6 +79,7 @@ struct Rule {
     case_insensitive: bool,
     methods: Option<Vec<String>>,
     access: Access,
+    report_only: bool,
 }
 
 /// The compiled rule list.
@@ -115,6 +120,18 @@ impl Policy {
             .map(|r| &r.access)
             .or(self.unmatched.as_ref())
             .ok_or(Rejection::RouteNotAllowed)
+    }
+
+    /// Whether the request's rule is in report-only mode.
+    pub fn report_only(&self, method: &str, path: &str) -> bool {
+        self.matching(method, path)
+            .and_then(|i| self.rules.get(i))
+            .is_some_and(|r| r.report_only)
+    }
+
+    /// The indices of the rules in report-only mode.
+    pub fn report_only_rules(&self) -> Vec<usize> {
+        (0..self.rules.len()).filter(|i| self.rules[*i].report_only).collect()
     }
 
     /// The index of the first rule the request matches, if any.
@@ -221,6 +238,7 @@ fn compile(i: usize, r: RouteRule) -> Result<Rule, ConfigError> {
         case_insensitive: r.case_insensitive,
         methods,
         access,
+        report_only: r.report_only,
     })
 }
 

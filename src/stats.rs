@@ -82,6 +82,8 @@ pub enum Stat {
     IntrospectionErrors,
     /// Introspection callouts that timed out.
     IntrospectionTimeouts,
+    /// Requests that would have been refused but passed (`report_only`).
+    ReportOnlyPassed,
     /// Histogram: milliseconds from an introspection callout to its answer.
     IntrospectionLatencyMs,
     /// Gauge: seconds since the key set was last fetched good (the
@@ -98,7 +100,7 @@ pub enum Kind {
 }
 
 impl Stat {
-    pub const ALL: [Stat; 35] = [
+    pub const ALL: [Stat; 36] = [
         Self::Allowed,
         Self::Denied400,
         Self::Denied401,
@@ -132,6 +134,7 @@ impl Stat {
         Self::IntrospectionInactive,
         Self::IntrospectionErrors,
         Self::IntrospectionTimeouts,
+        Self::ReportOnlyPassed,
         Self::IntrospectionLatencyMs,
         Self::KeySetAgeSeconds,
     ];
@@ -179,6 +182,7 @@ impl Stat {
             Self::IntrospectionInactive => "introspection_inactive",
             Self::IntrospectionErrors => "introspection_errors",
             Self::IntrospectionTimeouts => "introspection_timeouts",
+            Self::ReportOnlyPassed => "report_only_passed",
             Self::IntrospectionLatencyMs => "introspection_latency_ms",
             Self::KeySetAgeSeconds => "key_set_age_seconds",
         }

@@ -161,6 +161,11 @@ impl Worker {
     /// A worker for a validated configuration; `rsa_host` is the host's RSA
     /// verifier, when it offers one.
     pub fn new(config: Config, rsa_host: Option<Box<dyn RsaHost>>) -> Self {
+        if config.report_only || !config.policy.report_only_rules().is_empty() {
+            log::warn!(
+                "erp-edge-validator: REPORT-ONLY mode is on: requests it would refuse pass (see report_only_passed)"
+            );
+        }
         let cache = config.introspection.as_ref().map(|i| {
             // Two configurations share cached answers only when everything
             // that decides an answer and its lifetime is the same.

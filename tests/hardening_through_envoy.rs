@@ -378,3 +378,40 @@ fn claims_to_headers_go_upstream_and_client_copies_do_not() {
         assert_eq!(seen["x-app"], seen["x-erp-client-id"], "{seen}");
     }
 }
+
+#[test]
+fn a_report_only_rule_passes_its_refusals_counts_them_and_warns_at_start() {
+    let stack = stack_with(json!({"routes": [
+        {"prefix": "/api/domain/", "methods": ["GET", "HEAD"], "all_of": ["read"]},
+        {"prefix": "/api/domain/", "methods": ["POST"], "all_of": ["update"], "report_only": true}
+    ]}));
+    assert!(
+        stack.envoy.log().contains("REPORT-ONLY mode is on"),
+        "no warning at start"
+    );
+    let read = bearer(&stack.idp.access_token(&["DomainApi", "read"]));
+    let r = stack.request(
+        "POST",
+        CUSTOMERS,
+        &[("authorization", &read), ("x-erp-client-id", "forged")],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json()["headers"].clone();
+    assert!(
+        seen.get("x-erp-client-id").is_none(),
+        "identity headers on a would-be refusal: {seen}"
+    );
+    assert_eq!(stack.request("POST", CUSTOMERS, &[]).status, 200);
+    // The other rule is enforced.
+    assert_eq!(stack.get(CUSTOMERS, &[]).status, 401);
+    assert_eq!(
+        stack.envoy.stat("wasmcustom.erp_edge_validator.report_only_passed"),
+        Some(2)
+    );
+    assert_eq!(stack.envoy.stat("wasmcustom.erp_edge_validator.denied_401"), Some(1));
+    assert!(
+        stack.envoy.log().contains("report-only: would refuse: 403"),
+        "the refusal is not logged"
+    );
+    assert_not_leaked(&stack, &read);
+}
