@@ -221,6 +221,7 @@ struct World {
     retired: Mutex<Option<Vec<String>>>,
     /// Tokens the first key signed, kept for after its retirement.
     first_key_tokens: Vec<String>,
+    first_key: SigningKey,
     /// PATs issued ahead for the fresh class, each sent once.
     fresh_pats: Mutex<Vec<String>>,
     foreign: SigningKey,
@@ -277,6 +278,7 @@ pub fn soak(options: &SoakOptions) -> Result<Report, Error> {
         revoked: Mutex::new(Vec::new()),
         retired: Mutex::new(None),
         first_key_tokens: jwt_pool(&idp.signing_key()),
+        first_key: idp.signing_key(),
         fresh_pats: Mutex::new(Vec::new()),
         foreign: SigningKey::generate("foreign", 2048)?,
     });
@@ -357,11 +359,12 @@ fn vm_stat(stack: &Stack, which: &str) -> Option<u64> {
 }
 
 /// Moves the soak ids of what the echo received into `arrived` (`None`: a
-/// request without one, which no soak client sent).
+/// request without one, which no soak client sent), key probes left out.
 fn collect(stack: &Stack, arrived: &Mutex<Vec<Option<u64>>>) {
     let seen = stack.echo.take();
     let mut arrived = arrived.lock().unwrap_or_else(|e| e.into_inner());
-    arrived.extend(seen.iter().map(|r| r.header("x-soak-id").and_then(|v| v.parse().ok())));
+    let loads = seen.iter().filter(|r| r.header("x-soak-probe").is_none());
+    arrived.extend(loads.map(|r| r.header("x-soak-id").and_then(|v| v.parse().ok())));
 }
 
 fn one_request(
@@ -600,15 +603,21 @@ fn schedule(stack: &Stack, world: &World, seconds: u64, start: Instant) -> (Vec<
     (windows, memory, notes)
 }
 
-/// Waits (until `deadline` at most) for a key-set fetch after `before`
-/// requests, then for the workers' next tick.
-fn wait_for_fetch(stack: &Stack, before: u64, deadline: Duration, start: Instant) -> bool {
+/// Waits (until `deadline` at most) until Envoy answers `want` to a probe
+/// carrying `token`, then a second for every worker's tick to pick the set
+/// up. Probes carry `x-soak-probe` and are not judged (one may pass while
+/// the filter still has the keys it may use).
+fn wait_for_answer(stack: &Stack, token: &str, want: u16, deadline: Duration, start: Instant) -> bool {
+    let auth = format!("Bearer {token}");
     while start.elapsed() < deadline {
-        if stack.idp.jwks_requests() > before {
-            std::thread::sleep(Duration::from_millis(1500));
+        let headers = [("authorization", auth.as_str()), ("x-soak-probe", "1")];
+        if client::request(stack.envoy.listener, "GET", "/api/domain/items", &headers, b"")
+            .is_ok_and(|r| r.status == want)
+        {
+            std::thread::sleep(Duration::from_secs(1));
             return true;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(100));
     }
     false
 }
@@ -616,12 +625,11 @@ fn wait_for_fetch(stack: &Stack, before: u64, deadline: Duration, start: Instant
 /// Publishes a new signing key; once the filter has fetched the set, new
 /// tokens are signed with it (as an identity service pre-publishes keys).
 fn rotate(stack: &Stack, world: &World, deadline: Duration, start: Instant) -> Result<String, Error> {
-    let before = stack.idp.jwks_requests();
     let kid = stack.idp.rotate()?;
-    if !wait_for_fetch(stack, before, deadline, start) {
-        return Err(format!("key {kid} published but never fetched").into());
-    }
     let key = stack.idp.signing_key();
+    if !wait_for_answer(stack, &mint(&key, &["read"]), 200, deadline, start) {
+        return Err(format!("key {kid} published but never accepted").into());
+    }
     *world.jwt_pool.lock().unwrap_or_else(|e| e.into_inner()) = jwt_pool(&key);
     *world.minting.lock().unwrap_or_else(|e| e.into_inner()) = key;
     Ok(format!("rotated to {kid} at {:.1} s", start.elapsed().as_secs_f64()))
@@ -645,10 +653,11 @@ fn retire(stack: &Stack, world: &World, deadline: Duration, start: Instant) -> R
     if world.minting.lock().unwrap_or_else(|e| e.into_inner()).kid != current {
         return Err("the new key was never fetched: the old one did not retire".into());
     }
-    let before = stack.idp.jwks_requests();
     stack.idp.retire_old_keys();
-    if !wait_for_fetch(stack, before, deadline, start) {
-        return Err("retired keys never fetched".into());
+    // A fresh copy is verified again, not found in a worker's memory.
+    let probe = mint(&world.first_key, &["read"]);
+    if !wait_for_answer(stack, &probe, 401, deadline, start) {
+        return Err("the retired key was never refused".into());
     }
     *world.retired.lock().unwrap_or_else(|e| e.into_inner()) = Some(world.first_key_tokens.clone());
     Ok(format!("retired the old key at {:.1} s", start.elapsed().as_secs_f64()))
