@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make fuzz`: every target for FUZZ_SECONDS (default 60) from the committed
 # seeds, then one line per target with executions, crashes and timeouts.
-# A crash is minimised into fuzz/regressions/TARGET/, which `make test`
+# A crash is minimised into tests/fuzz/regressions/TARGET/, which `make test`
 # replays (src/fuzzing.rs): commit it with the fix.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +25,7 @@ for target in $TARGETS; do
   mkdir -p "fuzz/work/$target" "fuzz/artifacts/$target"
   log="fuzz/logs/$target.log"
   # New inputs go to fuzz/work (ignored by git); the seeds stay as committed.
-  cargo fuzz run "${BUILD[@]}" $(flags "$target") "$target" "fuzz/work/$target" "fuzz/corpus/$target" -- \
+  cargo fuzz run "${BUILD[@]}" $(flags "$target") "$target" "fuzz/work/$target" "tests/fuzz/corpus/$target" -- \
     -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="fuzz/artifacts/$target/" >"$log" 2>&1
   status=$?
@@ -37,10 +37,10 @@ for target in $TARGETS; do
     failed=1
     artifact=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -1)
     if [ -n "$artifact" ] && [ -f "$artifact" ]; then
-      mkdir -p "fuzz/regressions/$target"
+      mkdir -p "tests/fuzz/regressions/$target"
       cargo fuzz tmin "${BUILD[@]}" $(flags "$target") "$target" "$artifact" -- -runs=20000 >"fuzz/logs/$target.tmin.log" 2>&1
       minimised=$(sed -n "s/.*CRASH_MIN: minimizing crash input: '\(.*\)'.*/\1/p" "fuzz/logs/$target.tmin.log" | tail -1)
-      kept="fuzz/regressions/$target/$(basename "${minimised:-$artifact}")"
+      kept="tests/fuzz/regressions/$target/$(basename "${minimised:-$artifact}")"
       cp "${minimised:-$artifact}" "$kept"
       echo "  $target: crash kept in $kept (log: $log)" >&2
     fi

@@ -9,7 +9,7 @@
 //! credential an independent verifier accepts, a verifier that disagrees
 //! with the `rsa` crate, a record read back differently than written). The
 //! unit test at the end replays the committed seed corpora and every
-//! minimised crash under `fuzz/regressions/` through them, so a crash once
+//! minimised crash under `tests/fuzz/regressions/` through them, so a crash once
 //! found stays fixed in `make test`.
 //!
 //! Built only for tests and with the `fuzzing` feature: never in the filter.
@@ -625,7 +625,7 @@ mod tests {
     /// Every committed seed and every minimised crash, through its target.
     #[test]
     fn corpora_and_regressions_replay_without_a_broken_invariant() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz");
         let mut replayed = 0;
         for (name, target) in TARGETS {
             let seeds = files(&root.join("corpus").join(name));
@@ -643,7 +643,7 @@ mod tests {
     #[test]
     #[ignore]
     fn write_seed_corpora() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz").join("corpus");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus");
         let claims = |scope: &str| json!({"iss": ISSUER, "aud": AUDIENCE, "exp": NOW + 3600, "nbf": NOW - 10, "client_id": "fuzz-app", "sub": "user-1", "scope": scope});
         let header = |kid: &str| json!({"alg": "RS256", "typ": "at+jwt", "kid": kid});
         let k = &keys()[0];
