@@ -168,15 +168,17 @@ impl Worker {
         }
         let cache = config.introspection.as_ref().map(|i| {
             // Two configurations share cached answers only when everything
-            // that decides an answer and its lifetime is the same.
+            // that decides an answer, what it carries (mapped claims) and
+            // its lifetime is the same.
             let decides = format!(
-                "{}|{:?}|{:?}|{}|{}|{}",
+                "{}|{:?}|{:?}|{}|{}|{}|{:?}",
                 i.client_id,
                 config.audiences,
                 config.issuers,
                 i.cache_max_ttl_seconds,
                 i.negative_cache_ttl_seconds,
-                i.cache_max_entries
+                i.cache_max_entries,
+                config.claims_to_headers
             );
             ReferenceCache::new(
                 &i.endpoint().namespace(&decides),

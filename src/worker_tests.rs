@@ -732,6 +732,14 @@ fn two_configurations_in_one_vm_never_share_answers() {
     let mine = host.request(0, READ_PAT);
     assert_eq!(host.calls.len(), 1);
     assert_eq!(host.outcome(mine), None);
+    // Answers carry mapped claims: another mapping asks for itself.
+    let mapped = config_with(|d| d["claims_to_headers"] = json!([{"claim": "client_id", "header": "x-app"}]));
+    let mut host = Host::with_configs(vec![config(), mapped]).with_keys();
+    host.request(0, READ_PAT);
+    host.answer_all();
+    let other = host.request(1, READ_PAT);
+    assert_eq!(host.calls.len(), 1, "a cached answer without the mapped claims was used");
+    assert_eq!(host.outcome(other), None);
 }
 
 #[test]
