@@ -738,7 +738,11 @@ fn two_configurations_in_one_vm_never_share_answers() {
     host.request(0, READ_PAT);
     host.answer_all();
     let other = host.request(1, READ_PAT);
-    assert_eq!(host.calls.len(), 1, "a cached answer without the mapped claims was used");
+    assert_eq!(
+        host.calls.len(),
+        1,
+        "a cached answer without the mapped claims was used"
+    );
     assert_eq!(host.outcome(other), None);
 }
 
