@@ -80,9 +80,10 @@ wasm-bindgen:
 	@wasm-bindgen --version 2>/dev/null | grep -q " $(WASM_BINDGEN_VERSION)" || cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
 
 inspector: toolchain wasm-bindgen
-	cargo build --release --target $(WASM_TARGET) -p erp-edge-inspector --lib
+	# Its own target folder: a browser module, not one for Envoy.
+	cargo build --release --target $(WASM_TARGET) -p erp-edge-inspector --lib --target-dir target/inspector-build
 	wasm-bindgen --target web --no-typescript --out-dir $(INSPECTOR) --out-name inspector \
-		target/$(WASM_TARGET)/release/erp_edge_inspector.wasm
+		target/inspector-build/$(WASM_TARGET)/release/erp_edge_inspector.wasm
 	cp inspector/web/index.html inspector/web/app.js $(INSPECTOR)/
 	@echo "inspector page: $(INSPECTOR)/index.html (serve the folder; \`make inspect\` does, with a token filled in)"
 
