@@ -84,10 +84,11 @@ fn main() {
         .get("bench")
         .and_then(|k| k.fast.clone())
         .unwrap_or_else(|| panic!("no fast key"));
-    let public = keys
-        .get("bench")
-        .map(|k| k.key.clone())
-        .unwrap_or_else(|| panic!("no key"));
+    let public = rsa::RsaPublicKey::new(
+        rsa::BigUint::from_bytes_be(&key.modulus()),
+        rsa::BigUint::from(65537u32),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let rsa_verifier = VerifyingKey::<sha2::Sha256>::new(public);
     let rsa_signature = Signature::try_from(signature.as_slice()).unwrap_or_else(|e| panic!("{e}"));
 

@@ -16,16 +16,33 @@ pub enum Algorithm {
     Ps256,
     Ps384,
     Ps512,
+    /// ECDSA on P-256 with SHA-256 (RFC 7518 §3.4).
+    Es256,
+    /// Ed25519 under its registered name (RFC 8037 §3.1).
+    EdDsa,
+    /// Ed25519 under its fully specified name (RFC 9864).
+    Ed25519,
+}
+
+/// The key type (`kty`, and `crv` for curves) an algorithm verifies with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    Rsa,
+    P256,
+    Ed25519,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 6] = [
+    pub const ALL: [Algorithm; 9] = [
         Self::Rs256,
         Self::Rs384,
         Self::Rs512,
         Self::Ps256,
         Self::Ps384,
         Self::Ps512,
+        Self::Es256,
+        Self::EdDsa,
+        Self::Ed25519,
     ];
 
     /// The JOSE name (`RS256`, ...).
@@ -37,6 +54,18 @@ impl Algorithm {
             Self::Ps256 => "PS256",
             Self::Ps384 => "PS384",
             Self::Ps512 => "PS512",
+            Self::Es256 => "ES256",
+            Self::EdDsa => "EdDSA",
+            Self::Ed25519 => "Ed25519",
+        }
+    }
+
+    /// The only kind of key that verifies this algorithm's signatures.
+    pub fn key_type(self) -> KeyType {
+        match self {
+            Self::Rs256 | Self::Rs384 | Self::Rs512 | Self::Ps256 | Self::Ps384 | Self::Ps512 => KeyType::Rsa,
+            Self::Es256 => KeyType::P256,
+            Self::EdDsa | Self::Ed25519 => KeyType::Ed25519,
         }
     }
 
@@ -82,7 +111,9 @@ mod tests {
 
     #[test]
     fn hmac_and_none_do_not_parse() {
-        for name in ["none", "HS256", "hs256", "rs256", "ES256", ""] {
+        for name in [
+            "none", "HS256", "hs256", "rs256", "es256", "ES384", "ES256K", "Ed448", "",
+        ] {
             assert_eq!(Algorithm::parse(name), None, "{name}");
             let err = serde_json::from_value::<Algorithm>(serde_json::json!(name)).unwrap_err();
             assert!(err.to_string().contains("is not allowed"), "{err}");

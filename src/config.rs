@@ -30,7 +30,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub audiences: Vec<String>,
     /// Signature algorithms accepted, from RS256, RS384, RS512, PS256,
-    /// PS384, PS512. Default `["RS256"]` (ERP.net signs RS256).
+    /// PS384, PS512, ES256 (P-256), EdDSA and Ed25519 (both Ed25519).
+    /// Default `["RS256"]` (ERP.net signs RS256).
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<Algorithm>,
     /// Leeway for `exp` and `nbf`, in seconds. Default 60; at most 600.
@@ -423,7 +424,7 @@ mod tests {
 
     #[test]
     fn none_and_hmac_algorithms_can_never_be_enabled() {
-        for alg in ["none", "HS256", "HS512", "ES256"] {
+        for alg in ["none", "HS256", "HS512", "ES384", "ES256K"] {
             let err = config_with(|d| d["algorithms"] = serde_json::json!(["RS256", alg])).unwrap_err();
             assert_eq!(err.field, "algorithms[1]", "{alg}");
         }

@@ -1,9 +1,10 @@
 //! JWKS parsing (RFC 7517) and key selection.
 //!
-//! Keys the filter cannot use (not RSA, `use` other than `sig`, an algorithm
-//! outside the allow-list, shorter than 2048 bits, malformed) are skipped and
-//! reported, never fatal for the whole set: an issuer that adds an EC key
-//! next to its RSA key must not take the edge down.
+//! Keys the filter cannot use (a type or curve it does not verify with,
+//! `use` other than `sig`, an algorithm outside the allow-list, RSA shorter
+//! than 2048 bits, a point not on its curve, malformed) are skipped and
+//! reported, never fatal for the whole set: an issuer that adds a key of
+//! another kind next to its RSA key must not take the edge down.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,7 +17,7 @@ use rsa::{BigUint, RsaPublicKey};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::algorithm::Algorithm;
+use crate::algorithm::{Algorithm, KeyType};
 use crate::rs256::PreparedKey;
 
 /// Smallest RSA modulus accepted, in bits (RFC 7518 §3.3).
@@ -28,19 +29,41 @@ pub const MAX_RSA_BITS: usize = 4096;
 #[derive(Clone)]
 pub struct VerificationKey {
     pub kid: String,
-    /// The one algorithm this key verifies: the JWK's `alg`, or `RS256` when
-    /// the JWK does not name one.
+    /// The one algorithm this key verifies: the JWK's `alg`, or when the
+    /// JWK does not name one, `RS256` for RSA (what ERP.net signs), `ES256`
+    /// for P-256 and `EdDSA` for Ed25519 (the only ones those keys fit).
     pub algorithm: Algorithm,
-    pub key: RsaPublicKey,
+    pub key: PublicKey,
     /// The same key prepared for the fast RS256 path (exponent 65537).
     pub fast: Option<PreparedKey>,
     /// The key as SubjectPublicKeyInfo DER, for the host's verifier (RS256
     /// keys only), converted once per key set.
     pub spki: Option<Vec<u8>>,
-    /// SHA-256 of what the key is (algorithm, modulus, exponent): a verified
+    /// SHA-256 of what the key is (algorithm and public key): a verified
     /// token remembered under it stays trusted exactly while a key with the
     /// same material is in the set.
     pub material: KeyMaterial,
+}
+
+/// A public key of one of the kinds the verifier uses.
+#[derive(Clone)]
+pub enum PublicKey {
+    Rsa(RsaPublicKey),
+    /// A P-256 point, checked to be on the curve and not the identity.
+    P256(p256::ecdsa::VerifyingKey),
+    /// An Ed25519 point, checked to decode and not to be of small order.
+    Ed25519(ed25519_dalek::VerifyingKey),
+}
+
+impl PublicKey {
+    /// `RSA-2048`, `P-256`, `Ed25519`: for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Rsa(key) => format!("RSA-{}", key.size() * 8),
+            Self::P256(_) => "P-256".into(),
+            Self::Ed25519(_) => "Ed25519".into(),
+        }
+    }
 }
 
 impl fmt::Debug for VerificationKey {
@@ -48,7 +71,7 @@ impl fmt::Debug for VerificationKey {
         f.debug_struct("VerificationKey")
             .field("kid", &self.kid)
             .field("algorithm", &self.algorithm)
-            .field("bits", &(self.key.size() * 8))
+            .field("key", &self.key.describe())
             .finish()
     }
 }
@@ -70,17 +93,25 @@ pub enum KeyProblem {
     /// Not a JSON object with the JWK fields' types.
     Malformed,
     NoKty,
-    /// A key type the verifier does not use (`EC`, `oct`, ...).
+    /// A key type the verifier does not use (`oct`, ...).
     UnsupportedKty(String),
+    /// A curve the verifier does not use (`P-384`, `X25519`, ...).
+    UnsupportedCurve(String),
+    /// `alg` names an algorithm for another kind of key (`ES256` on an
+    /// RSA key, `RS256` on a P-256 key, ...).
+    AlgorithmKeyMismatch(String),
     /// `use` other than `sig`.
     NotForSigning(String),
     NoKid,
     /// `alg` not on the configured allow-list.
     AlgorithmNotAllowed(String),
-    /// `n` or `e` missing.
+    /// A field the key type needs (`n`, `e`, `crv`, `x`, `y`) is missing.
     Missing(&'static str),
-    /// `n` or `e` not base64url.
+    /// `n`, `e`, `x` or `y` not base64url.
     NotBase64(&'static str),
+    /// A curve point that is not one: a coordinate of the wrong length, not
+    /// on the curve, the identity, or an Ed25519 point of small order.
+    InvalidPoint(&'static str),
     /// Modulus size outside 2048..=4096 bits.
     Size(usize),
     /// The `rsa` crate refused the key.
@@ -95,11 +126,14 @@ impl fmt::Display for KeyProblem {
             Self::Malformed => f.write_str("malformed JWK"),
             Self::NoKty => f.write_str("no kty"),
             Self::UnsupportedKty(kty) => write!(f, "kty `{kty}` is not supported"),
+            Self::UnsupportedCurve(crv) => write!(f, "crv `{crv}` is not supported"),
+            Self::AlgorithmKeyMismatch(alg) => write!(f, "alg `{alg}` does not fit the key type"),
             Self::NotForSigning(u) => write!(f, "use `{u}` is not `sig`"),
             Self::NoKid => f.write_str("no kid"),
             Self::AlgorithmNotAllowed(alg) => write!(f, "alg `{alg}` is not allowed"),
             Self::Missing(name) => write!(f, "no `{name}`"),
             Self::NotBase64(name) => write!(f, "`{name}` is not base64url"),
+            Self::InvalidPoint(curve) => write!(f, "not a valid {curve} public key"),
             Self::Size(bits) if *bits < MIN_RSA_BITS => {
                 write!(f, "{bits}-bit modulus is shorter than {MIN_RSA_BITS} bits")
             }
@@ -149,6 +183,9 @@ struct Jwk {
     alg: Option<String>,
     n: Option<String>,
     e: Option<String>,
+    crv: Option<String>,
+    x: Option<String>,
+    y: Option<String>,
 }
 
 impl KeySet {
@@ -253,27 +290,81 @@ impl KeySet {
 
 fn parse_key(raw: &serde_json::Value, allowed_algorithms: &[Algorithm]) -> Result<VerificationKey, KeyProblem> {
     let jwk = Jwk::deserialize(raw).map_err(|_| KeyProblem::Malformed)?;
-    match jwk.kty.as_deref() {
-        Some("RSA") => {}
-        Some(other) => return Err(KeyProblem::UnsupportedKty(other.to_owned())),
-        None => return Err(KeyProblem::NoKty),
-    }
-    if let Some(use_) = jwk.use_ {
+    let key_type = match (jwk.kty.as_deref(), jwk.crv.as_deref()) {
+        (Some("RSA"), _) => KeyType::Rsa,
+        (Some("EC"), Some("P-256")) => KeyType::P256,
+        (Some("OKP"), Some("Ed25519")) => KeyType::Ed25519,
+        (Some("EC" | "OKP"), Some(crv)) => return Err(KeyProblem::UnsupportedCurve(crv.to_owned())),
+        (Some("EC" | "OKP"), None) => return Err(KeyProblem::Missing("crv")),
+        (Some(other), _) => return Err(KeyProblem::UnsupportedKty(other.to_owned())),
+        (None, _) => return Err(KeyProblem::NoKty),
+    };
+    if let Some(use_) = &jwk.use_ {
         if use_ != "sig" {
-            return Err(KeyProblem::NotForSigning(use_));
+            return Err(KeyProblem::NotForSigning(use_.clone()));
         }
     }
-    let kid = jwk.kid.filter(|k| !k.is_empty()).ok_or(KeyProblem::NoKid)?;
-    let algorithm = match jwk.alg {
-        // RFC 8725 §3.1: a key without `alg` is bound to what ERP.net signs.
-        None => Algorithm::Rs256,
-        Some(name) => Algorithm::parse(&name)
-            .filter(|a| allowed_algorithms.contains(a))
-            .ok_or(KeyProblem::AlgorithmNotAllowed(name))?,
+    let kid = jwk.kid.clone().filter(|k| !k.is_empty()).ok_or(KeyProblem::NoKid)?;
+    let algorithm = match &jwk.alg {
+        // RFC 8725 §3.1: a key without `alg` is bound to the one algorithm
+        // of its kind: what ERP.net signs for RSA, the only fit otherwise.
+        None => match key_type {
+            KeyType::Rsa => Algorithm::Rs256,
+            KeyType::P256 => Algorithm::Es256,
+            KeyType::Ed25519 => Algorithm::EdDsa,
+        },
+        Some(name) => {
+            let algorithm = Algorithm::parse(name)
+                .filter(|a| allowed_algorithms.contains(a))
+                .ok_or_else(|| KeyProblem::AlgorithmNotAllowed(name.clone()))?;
+            if algorithm.key_type() != key_type {
+                return Err(KeyProblem::AlgorithmKeyMismatch(name.clone()));
+            }
+            algorithm
+        }
     };
     if !allowed_algorithms.contains(&algorithm) {
         return Err(KeyProblem::AlgorithmNotAllowed(algorithm.as_str().to_owned()));
     }
+    let (key, public_bytes) = match key_type {
+        KeyType::Rsa => return rsa_key(&jwk, kid, algorithm),
+        KeyType::P256 => {
+            let x = coordinate(jwk.x.as_deref(), "x", "P-256")?;
+            let y = coordinate(jwk.y.as_deref(), "y", "P-256")?;
+            // SEC 1 uncompressed form; decoding checks the point is on the
+            // curve and not the identity.
+            let sec1 = [&[0x04][..], &x, &y].concat();
+            let key =
+                p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| KeyProblem::InvalidPoint("P-256"))?;
+            (PublicKey::P256(key), sec1)
+        }
+        KeyType::Ed25519 => {
+            let x = coordinate(jwk.x.as_deref(), "x", "Ed25519")?;
+            let bytes: [u8; 32] = x
+                .as_slice()
+                .try_into()
+                .map_err(|_| KeyProblem::InvalidPoint("Ed25519"))?;
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+                .ok()
+                // A small-order key verifies signatures of many messages.
+                .filter(|k| !k.is_weak())
+                .ok_or(KeyProblem::InvalidPoint("Ed25519"))?;
+            (PublicKey::Ed25519(key), x)
+        }
+    };
+    Ok(VerificationKey {
+        kid,
+        algorithm,
+        key,
+        fast: None,
+        spki: None,
+        material: material(algorithm, &[&public_bytes]),
+    })
+}
+
+/// An RSA key: modulus size bounded, prepared for the fast RS256 path and
+/// the host's verifier.
+fn rsa_key(jwk: &Jwk, kid: String, algorithm: Algorithm) -> Result<VerificationKey, KeyProblem> {
     let n = decode_uint(jwk.n.as_deref(), "n")?;
     let e = decode_uint(jwk.e.as_deref(), "e")?;
     let bits = n.bits();
@@ -283,14 +374,7 @@ fn parse_key(raw: &serde_json::Value, allowed_algorithms: &[Algorithm]) -> Resul
     let fast = (algorithm == Algorithm::Rs256)
         .then(|| PreparedKey::new(&n.to_bytes_be(), &e.to_bytes_be()))
         .flatten();
-    let material = Sha256::new()
-        .chain_update(algorithm.as_str())
-        .chain_update([0])
-        .chain_update(n.to_bytes_be())
-        .chain_update([0])
-        .chain_update(e.to_bytes_be())
-        .finalize()
-        .into();
+    let material = material(algorithm, &[&n.to_bytes_be(), &e.to_bytes_be()]);
     let key = RsaPublicKey::new(n, e).map_err(|_| KeyProblem::InvalidRsa)?;
     let spki = (algorithm == Algorithm::Rs256)
         .then(|| key.to_public_key_der().ok().map(|der| der.as_bytes().to_vec()))
@@ -298,19 +382,43 @@ fn parse_key(raw: &serde_json::Value, allowed_algorithms: &[Algorithm]) -> Resul
     Ok(VerificationKey {
         kid,
         algorithm,
-        key,
+        key: PublicKey::Rsa(key),
         fast,
         spki,
         material,
     })
 }
 
-fn decode_uint(field: Option<&str>, name: &'static str) -> Result<BigUint, KeyProblem> {
+/// SHA-256 over the algorithm's name and the key's public parts, each
+/// after a zero byte.
+fn material(algorithm: Algorithm, parts: &[&[u8]]) -> KeyMaterial {
+    let mut hash = Sha256::new().chain_update(algorithm.as_str());
+    for part in parts {
+        hash.update([0]);
+        hash.update(part);
+    }
+    hash.finalize().into()
+}
+
+fn decode(field: Option<&str>, name: &'static str) -> Result<Vec<u8>, KeyProblem> {
     let text = field.ok_or(KeyProblem::Missing(name))?;
-    let bytes = URL_SAFE_NO_PAD
+    URL_SAFE_NO_PAD
         .decode(text.trim_end_matches('='))
-        .map_err(|_| KeyProblem::NotBase64(name))?;
-    Ok(BigUint::from_bytes_be(&bytes))
+        .map_err(|_| KeyProblem::NotBase64(name))
+}
+
+fn decode_uint(field: Option<&str>, name: &'static str) -> Result<BigUint, KeyProblem> {
+    decode(field, name).map(|bytes| BigUint::from_bytes_be(&bytes))
+}
+
+/// A curve coordinate: exactly 32 bytes (RFC 7518 §6.2.1.2, RFC 8037 §2:
+/// the full length, leading zeros kept).
+fn coordinate(field: Option<&str>, name: &'static str, curve: &'static str) -> Result<Vec<u8>, KeyProblem> {
+    let bytes = decode(field, name)?;
+    if bytes.len() != 32 {
+        return Err(KeyProblem::InvalidPoint(curve));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -351,7 +459,7 @@ mod tests {
         assert_eq!(
             reasons,
             [
-                KeyProblem::UnsupportedKty("EC".into()),
+                KeyProblem::AlgorithmNotAllowed("ES256".into()),
                 KeyProblem::NotForSigning("enc".into()),
                 KeyProblem::Size(1024),
                 KeyProblem::AlgorithmNotAllowed("HS256".into()),

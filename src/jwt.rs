@@ -5,13 +5,13 @@
 //! equal the one algorithm its key is bound to. `jku`, `x5u` and other key
 //! locations in the token are never followed; a `crit` header is refused.
 
-use jwt_compact::alg::Rsa;
+use jwt_compact::alg::{Ed25519, Es256, Rsa};
 use jwt_compact::{AlgorithmExt, Claims, ParseError, UntrustedToken, ValidationError};
 use serde::Deserialize;
 
 use crate::algorithm::Algorithm;
 use crate::host::RsaHost;
-use crate::jwks::{KeyMaterial, KeySet};
+use crate::jwks::{KeyMaterial, KeySet, PublicKey};
 use crate::principal::{Audience, Principal, PrincipalKind, ScopeClaim};
 use crate::rejection::Rejection;
 
@@ -126,14 +126,45 @@ struct AccessTokenClaims {
     client_system_user: Option<String>,
 }
 
-fn rsa_algorithm(algorithm: Algorithm) -> Rsa {
-    match algorithm {
-        Algorithm::Rs256 => Rsa::rs256(),
-        Algorithm::Rs384 => Rsa::rs384(),
-        Algorithm::Rs512 => Rsa::rs512(),
-        Algorithm::Ps256 => Rsa::ps256(),
-        Algorithm::Ps384 => Rsa::ps384(),
-        Algorithm::Ps512 => Rsa::ps512(),
+/// Checks the signature with jwt-compact's `algorithm` and returns the
+/// claims. The token's `alg` was checked against the key's before.
+fn validated<A: jwt_compact::Algorithm>(
+    algorithm: A,
+    key: &A::VerifyingKey,
+    untrusted: &UntrustedToken<'_, ExtraHeader>,
+) -> Result<Claims<AccessTokenClaims>, JwtError> {
+    let token = algorithm
+        .validator::<AccessTokenClaims>(key)
+        .validate(untrusted)
+        .map_err(|e| match e {
+            ValidationError::MalformedClaims(_) => JwtError::MalformedClaims,
+            ValidationError::AlgorithmMismatch { .. } => JwtError::KeyAlgorithmMismatch,
+            // A signature of the wrong length, not a valid encoding, or
+            // that does not verify.
+            _ => JwtError::BadSignature,
+        })?;
+    Ok(token.into_parts().1)
+}
+
+/// The signature checked by the key, with the algorithm the key is bound to.
+fn verified_claims(
+    algorithm: Algorithm,
+    key: &PublicKey,
+    untrusted: &UntrustedToken<'_, ExtraHeader>,
+) -> Result<Claims<AccessTokenClaims>, JwtError> {
+    let rsa = |a: Rsa, key| validated(a, key, untrusted);
+    match (algorithm, key) {
+        (Algorithm::Rs256, PublicKey::Rsa(key)) => rsa(Rsa::rs256(), key),
+        (Algorithm::Rs384, PublicKey::Rsa(key)) => rsa(Rsa::rs384(), key),
+        (Algorithm::Rs512, PublicKey::Rsa(key)) => rsa(Rsa::rs512(), key),
+        (Algorithm::Ps256, PublicKey::Rsa(key)) => rsa(Rsa::ps256(), key),
+        (Algorithm::Ps384, PublicKey::Rsa(key)) => rsa(Rsa::ps384(), key),
+        (Algorithm::Ps512, PublicKey::Rsa(key)) => rsa(Rsa::ps512(), key),
+        (Algorithm::Es256, PublicKey::P256(key)) => validated(Es256, key, untrusted),
+        (Algorithm::EdDsa, PublicKey::Ed25519(key)) => validated(Ed25519, key, untrusted),
+        (Algorithm::Ed25519, PublicKey::Ed25519(key)) => validated(Ed25519::with_specific_name(), key, untrusted),
+        // Keys are bound to an algorithm of their own kind when parsed.
+        _ => Err(JwtError::KeyAlgorithmMismatch),
     }
 }
 
@@ -210,17 +241,7 @@ pub fn verify_with(
                 .deserialize_claims_unchecked()
                 .map_err(|_| JwtError::MalformedClaims)?
         }
-        _ => {
-            let token = rsa_algorithm(alg)
-                .validator::<AccessTokenClaims>(&key.key)
-                .validate(&untrusted)
-                .map_err(|e| match e {
-                    ValidationError::MalformedClaims(_) => JwtError::MalformedClaims,
-                    ValidationError::AlgorithmMismatch { .. } => JwtError::KeyAlgorithmMismatch,
-                    _ => JwtError::BadSignature,
-                })?;
-            token.into_parts().1
-        }
+        _ => verified_claims(alg, &key.key, &untrusted)?,
     };
     let now = i64::try_from(now).unwrap_or(i64::MAX);
     let skew = i64::try_from(rules.clock_skew_seconds).unwrap_or(0);

@@ -72,3 +72,6 @@ getrandom::register_custom_getrandom!(no_randomness);
 
 #[cfg(test)]
 mod testkit;
+
+#[cfg(test)]
+mod curve_tests;

@@ -135,3 +135,33 @@ pub fn introspection_json() -> Value {
         "client_secret": erp_devstack::idp::INTROSPECTION_SECRET,
     })
 }
+
+/// `kid`s of the curve keys in [`curve_config`].
+pub const ES256_KID: &str = "p256-1";
+pub const EDDSA_KID: &str = "ed25519-1";
+
+/// A P-256 key the curve configuration trusts, and one it does not.
+pub fn p256_key() -> tokens::CurveKey {
+    tokens::CurveKey::p256(ES256_KID, "trusted p256").unwrap()
+}
+
+pub fn ed25519_key() -> tokens::CurveKey {
+    tokens::CurveKey::ed25519(EDDSA_KID, "trusted ed25519")
+}
+
+/// The test configuration with ES256 and EdDSA allowed and one key of
+/// each next to the RSA key.
+pub fn curve_config() -> Config {
+    config_from(|c| {
+        c["algorithms"] = json!(["RS256", "ES256", "EdDSA"]);
+        c["jwks"] = json!({"keys": [key().jwk(), p256_key().jwk(), ed25519_key().jwk()]});
+    })
+}
+
+/// A token signed by a curve key, `patch` applied to header and claims first.
+pub fn curve_token(key: &tokens::CurveKey, patch: impl FnOnce(&mut Value, &mut Value)) -> String {
+    let mut header = key.header();
+    let mut claims = tokens::claims(NOW, &["DomainApi", "read"]);
+    patch(&mut header, &mut claims);
+    key.sign(&header, &claims)
+}

@@ -113,6 +113,8 @@ pub struct Stats {
 struct State {
     /// Published keys; the last one signs.
     keys: Vec<SigningKey>,
+    /// Published after them: ES256 and EdDSA keys, as JWKs.
+    curve_keys: Vec<Value>,
     next_kid: u32,
     reference_tokens: HashMap<String, ReferenceToken>,
     introspection_fault: Fault,
@@ -158,6 +160,7 @@ impl Idp {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 keys: vec![key],
+                curve_keys: Vec::new(),
                 next_kid: 2,
                 reference_tokens: HashMap::new(),
                 introspection_fault: Fault::None,
@@ -196,7 +199,13 @@ impl Idp {
 
     /// The published JWKS.
     pub fn jwks(&self) -> Value {
-        tokens::jwks(self.shared.state().keys.iter())
+        published(&self.shared.state())
+    }
+
+    /// Publishes another key (ES256, EdDSA) beside the RSA keys; tests sign
+    /// with it themselves.
+    pub fn publish_curve_key(&self, key: &tokens::CurveKey) {
+        self.shared.state().curve_keys.push(key.jwk());
     }
 
     /// The key that signs new tokens.
@@ -402,7 +411,7 @@ fn jwks(shared: &Shared) -> Response {
     shared.stats.jwks_requests.fetch_add(1, Ordering::SeqCst);
     let (fault, body) = {
         let state = shared.state();
-        (state.jwks_fault.clone(), tokens::jwks(state.keys.iter()))
+        (state.jwks_fault.clone(), published(&state))
     };
     if let Some(response) = faulty(&fault) {
         return response;
@@ -411,6 +420,15 @@ fn jwks(shared: &Shared) -> Response {
         return Response::json(200, &json!({"keys": []}));
     }
     Response::json(200, &body)
+}
+
+/// The JWKS document: the RSA keys, then the curve keys.
+fn published(state: &State) -> Value {
+    let mut doc = tokens::jwks(state.keys.iter());
+    if let Some(keys) = doc["keys"].as_array_mut() {
+        keys.extend(state.curve_keys.iter().cloned());
+    }
+    doc
 }
 
 fn form(request: &Request) -> HashMap<String, String> {

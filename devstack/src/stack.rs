@@ -10,7 +10,7 @@ use crate::echo::Echo;
 use crate::envoy::{self, Envoy, EnvoyOptions, ExtraListener, IdentityTls, Placeholders};
 use crate::idp::{Fault, Idp};
 use crate::tls::{Authority, CaFile, IDENTITY_NAME};
-use crate::tokens::Error;
+use crate::tokens::{CurveKey, Error};
 
 /// How to start a stack.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +35,8 @@ pub struct StackOptions {
     /// A second listener, `domain_api_b`, whose filter has the shipped
     /// configuration with this merge patch (same VM, same shared data).
     pub second_filter_config: Option<Value>,
+    /// ES256 and EdDSA keys the emulator publishes from the start.
+    pub curve_keys: Vec<CurveKey>,
 }
 
 /// The identity service's certificate, as Envoy sees it.
@@ -77,6 +79,9 @@ impl Stack {
             IdentityCertificate::Plaintext => None,
             _ => Some(CaFile::write(&authority)?),
         };
+        for key in &options.curve_keys {
+            idp.publish_curve_key(key);
+        }
         let echo = Echo::start("127.0.0.1:0")?;
         let mut filter_config = filter_config(options.filter_config.as_ref())?;
         if options.inline_jwks {

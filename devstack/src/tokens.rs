@@ -137,6 +137,172 @@ fn left_pad(bytes: &[u8], k: usize) -> Vec<u8> {
     out
 }
 
+/// A P-256 (ES256) or Ed25519 (EdDSA) signing key with its `kid`, made
+/// from a seed: the same seed gives the same key.
+#[derive(Clone)]
+pub enum CurveKey {
+    P256 {
+        kid: String,
+        key: p256::ecdsa::SigningKey,
+    },
+    Ed25519 {
+        kid: String,
+        key: ed25519_dalek::SigningKey,
+    },
+}
+
+impl std::fmt::Debug for CurveKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CurveKey({}, {})", self.kid(), self.alg())
+    }
+}
+
+/// The order of P-256's base point, big-endian.
+pub const P256_ORDER: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6, 0xfa,
+    0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+/// The order L of Ed25519's base point, little-endian.
+pub const ED25519_ORDER: [u8; 32] = [
+    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10,
+];
+
+/// 32 bytes derived from a seed.
+fn seed_bytes(seed: &str, round: u8) -> [u8; 32] {
+    use sha2::Digest;
+    Sha256::new().chain_update(seed).chain_update([round]).finalize().into()
+}
+
+impl CurveKey {
+    /// A P-256 key for ES256.
+    pub fn p256(kid: &str, seed: &str) -> Result<Self, Error> {
+        // A hash is a valid scalar but for a chance of about 2^-32.
+        let key = (0..=u8::MAX)
+            .find_map(|round| p256::ecdsa::SigningKey::from_bytes(&seed_bytes(seed, round).into()).ok())
+            .ok_or("no P-256 scalar from this seed")?;
+        Ok(Self::P256 {
+            kid: kid.to_owned(),
+            key,
+        })
+    }
+
+    /// An Ed25519 key for EdDSA.
+    pub fn ed25519(kid: &str, seed: &str) -> Self {
+        Self::Ed25519 {
+            kid: kid.to_owned(),
+            key: ed25519_dalek::SigningKey::from_bytes(&seed_bytes(seed, 0)),
+        }
+    }
+
+    pub fn kid(&self) -> &str {
+        match self {
+            Self::P256 { kid, .. } | Self::Ed25519 { kid, .. } => kid,
+        }
+    }
+
+    /// The JOSE algorithm it signs with: `ES256` or `EdDSA`.
+    pub fn alg(&self) -> &'static str {
+        match self {
+            Self::P256 { .. } => "ES256",
+            Self::Ed25519 { .. } => "EdDSA",
+        }
+    }
+
+    /// The public half as a JWK (`use: sig`, with `alg`).
+    pub fn jwk(&self) -> Value {
+        match self {
+            Self::P256 { kid, key } => {
+                let point = key.verifying_key().to_encoded_point(false);
+                json!({
+                    "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
+                    "x": URL_SAFE_NO_PAD.encode(point.x().map(|x| x.to_vec()).unwrap_or_default()),
+                    "y": URL_SAFE_NO_PAD.encode(point.y().map(|y| y.to_vec()).unwrap_or_default()),
+                })
+            }
+            Self::Ed25519 { kid, key } => json!({
+                "kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA", "kid": kid,
+                "x": URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes()),
+            }),
+        }
+    }
+
+    /// The JWS signature of `input`: R || S (64 bytes) for ES256, the
+    /// 64-byte signature for EdDSA.
+    pub fn sign_raw(&self, input: &[u8]) -> Vec<u8> {
+        match self {
+            Self::P256 { key, .. } => {
+                let signature: p256::ecdsa::Signature = Signer::sign(key, input);
+                signature.to_bytes().to_vec()
+            }
+            Self::Ed25519 { key, .. } => ed25519_dalek::Signer::sign(key, input).to_bytes().to_vec(),
+        }
+    }
+
+    /// Signatures of `input` no verifier may accept, each with what it is:
+    /// bit flips, wrong lengths and encodings, scalars out of range,
+    /// another message's and another key's signature.
+    pub fn forged_signatures(&self, input: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+        let good = self.sign_raw(input);
+        let (first, second) = good.split_at(32);
+        let mut flipped_first = good.clone();
+        flipped_first[10] ^= 0x01;
+        let mut flipped_second = good.clone();
+        flipped_second[40] ^= 0x01;
+        let other_message = self.sign_raw(&[input, b"x"].concat());
+        let mut forged = vec![
+            ("one bit flipped in the first half", flipped_first),
+            ("one bit flipped in the second half", flipped_second),
+            ("one byte shorter", good[..63].to_vec()),
+            ("one byte longer", [good.as_slice(), &[0]].concat()),
+            ("empty", Vec::new()),
+            ("zeros", vec![0; 64]),
+            ("all ones", vec![0xff; 64]),
+            ("halves swapped", [second, first].concat()),
+            ("another message's signature", other_message),
+        ];
+        match self {
+            Self::P256 { kid, .. } => {
+                let der = p256::ecdsa::Signature::from_slice(&good).map(|s| s.to_der().as_bytes().to_vec());
+                forged.push(("DER instead of R || S", der.unwrap_or_default()));
+                forged.push(("r = 0", [&[0u8; 32][..], second].concat()));
+                forged.push(("s = 0", [first, &[0u8; 32][..]].concat()));
+                forged.push(("r = n", [&P256_ORDER[..], second].concat()));
+                forged.push(("s = n", [first, &P256_ORDER[..]].concat()));
+                if let Ok(impostor) = Self::p256(kid, "an impostor") {
+                    forged.push(("another key's signature", impostor.sign_raw(input)));
+                }
+            }
+            Self::Ed25519 { kid, .. } => {
+                // S + L: the same S mod L, encoded non-canonically.
+                let mut s_plus_l = second.to_vec();
+                let mut carry = 0u16;
+                for (byte, l) in s_plus_l.iter_mut().zip(ED25519_ORDER) {
+                    let sum = u16::from(*byte) + u16::from(l) + carry;
+                    *byte = (sum & 0xff) as u8;
+                    carry = sum >> 8;
+                }
+                forged.push(("S + L", [first, s_plus_l.as_slice()].concat()));
+                forged.push(("S = L", [first, &ED25519_ORDER[..]].concat()));
+                let impostor = Self::ed25519(kid, "an impostor");
+                forged.push(("another key's signature", impostor.sign_raw(input)));
+            }
+        }
+        forged
+    }
+
+    /// Signs `header.claims`, whatever the header says.
+    pub fn sign(&self, header: &Value, claims: &Value) -> String {
+        let input = signing_input(header, claims);
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(self.sign_raw(input.as_bytes())))
+    }
+
+    /// The JOSE header of an access token signed by this key.
+    pub fn header(&self) -> Value {
+        json!({"alg": self.alg(), "kid": self.kid(), "typ": "at+jwt"})
+    }
+}
+
 /// A JWKS document of these keys.
 pub fn jwks<'a>(keys: impl IntoIterator<Item = &'a SigningKey>) -> Value {
     json!({ "keys": keys.into_iter().map(SigningKey::jwk).collect::<Vec<_>>() })
