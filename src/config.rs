@@ -91,6 +91,11 @@ pub struct RawConfig {
     /// `jwt_authn`'s `bypass_cors_preflight`. Default false.
     #[serde(default)]
     pub bypass_cors_preflight: bool,
+    /// Expose each decision to Envoy's access log as filter state
+    /// (`wasm.erp_edge_validator.client_id`, `.token_kind`, `.decision`,
+    /// `.token_fingerprint`). Four host calls per request. Default false.
+    #[serde(default)]
+    pub access_log_fields: bool,
     /// Who checks RS256 signatures: `"auto"` (default) uses Envoy's own
     /// verifier when the host offers it and passes a self-test at start,
     /// else the module's; `"module"` always uses the module's.
@@ -158,6 +163,7 @@ pub struct Config {
     pub identity_headers: IdentityHeaders,
     pub strip_credential: bool,
     pub bypass_cors_preflight: bool,
+    pub access_log_fields: bool,
     pub claims_to_headers: Vec<ClaimToHeader>,
     pub report_only: bool,
     pub rsa_verifier: RsaVerifier,
@@ -350,6 +356,7 @@ impl RawConfig {
             identity_headers,
             strip_credential: self.strip_credential,
             bypass_cors_preflight: self.bypass_cors_preflight,
+            access_log_fields: self.access_log_fields,
             claims_to_headers,
             report_only: self.report_only,
             rsa_verifier: self.rsa_verifier,

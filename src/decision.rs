@@ -327,7 +327,7 @@ impl Engine {
             Ok(Answer::Refused(reason)) => return Verdict::Deny(Rejection::InvalidToken(reason)),
             Err(rejection) => return Verdict::Deny(rejection.clone()),
         };
-        let identity = self.identity(principal).inspect(|identity| {
+        let identity = self.identity(principal, &pending.hash).inspect(|identity| {
             if let Some(until) = until {
                 references.insert(pending.token.expose(), None, Rc::clone(identity), until);
             }
@@ -453,7 +453,7 @@ impl Engine {
                 .map(|claims| mapped_claims(&claims, &self.config.claims_to_headers))
                 .unwrap_or_default();
         }
-        let identity = match self.identity(principal) {
+        let identity = match self.identity(principal, &secret::hash_token(token)) {
             Ok(identity) => identity,
             Err(_) => return Err(JwtError::UnsafeClaim),
         };
@@ -475,9 +475,10 @@ impl Engine {
         })
     }
 
-    /// The identity of a principal from a fresh verification or answer.
-    fn identity(&self, principal: Principal) -> Result<Rc<Identity>, Rejection> {
-        Identity::new(principal, &self.config.identity_headers).map(Rc::new)
+    /// The identity of a principal from a fresh verification or answer for
+    /// the token with this hash.
+    fn identity(&self, principal: Principal, token: &TokenHash) -> Result<Rc<Identity>, Rejection> {
+        Identity::new(principal, &self.config.identity_headers, secret::fingerprint(token)).map(Rc::new)
     }
 }
 

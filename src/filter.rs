@@ -7,104 +7,26 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
+use crate::access_log::{self, Ending};
 use crate::config::{Config, RsaVerifier, DEFAULT_REALM};
 use crate::decision::{Allowed, RequestHead};
-use crate::host::{CalloutResponse, Now, RsaHost, SharedStore};
+use crate::envoy_host::{now, set_property, HostResponse, HostRsa, HostStore, Metrics};
+use crate::host::RsaHost;
 use crate::rejection::Rejection;
-use crate::stats::{Kind, Stat};
+use crate::rs256;
+use crate::stats::Stat;
 use crate::worker::{ContextId, Effect, Worker};
-use crate::{foreign, rs256};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> { Box::new(Root { context_id, shared: None }) });
 }}
-
-/// Envoy's shared data, visible to every worker.
-struct HostStore;
-
-impl SharedStore for HostStore {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        hostcalls::get_shared_data(key).unwrap_or((None, None))
-    }
-
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
-    }
-}
-
-/// The host clock, or `None` when it cannot be read (the worker then answers 503; no fallback time).
-fn now() -> Option<Now> {
-    let elapsed = hostcalls::get_current_time().ok()?.duration_since(UNIX_EPOCH).ok()?;
-    Some(Now {
-        secs: elapsed.as_secs(),
-        ms: u64::try_from(elapsed.as_millis()).ok()?,
-    })
-}
-
-/// Envoy's RSA verification (BoringSSL), through the `verify_signature` foreign function.
-struct HostRsa;
-
-impl RsaHost for HostRsa {
-    fn verify_pkcs1_sha256(&self, spki_der: &[u8], message: &[u8], signature: &[u8]) -> Option<bool> {
-        let arguments = foreign::rs256_arguments(spki_der, message, signature);
-        let answer = hostcalls::call_foreign_function("verify_signature", Some(&arguments)).ok()??;
-        foreign::read_result(&answer)
-    }
-}
-
-/// The answer to the callout being delivered.
-struct HostResponse {
-    body_size: usize,
-}
-
-impl CalloutResponse for HostResponse {
-    fn status(&self) -> Option<String> {
-        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status");
-        status.ok().flatten().map(|s| String::from_utf8_lossy(&s).into_owned())
-    }
-
-    fn body(&self, max_bytes: usize) -> Option<Vec<u8>> {
-        if self.body_size > max_bytes {
-            return None;
-        }
-        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, self.body_size);
-        Some(body.ok().flatten().unwrap_or_default())
-    }
-}
-
-/// The counters of [`Stat`], in its order (none if Envoy refused one).
-struct Metrics(Vec<u32>);
-
-impl Metrics {
-    fn define() -> Self {
-        let kind = |s: Stat| [MetricType::Counter, MetricType::Gauge, MetricType::Histogram][s.kind() as usize];
-        let define = |s: Stat| hostcalls::define_metric(kind(s), &format!("erp_edge_validator.{}", s.name()));
-        Self(
-            Stat::ALL
-                .into_iter()
-                .map(|s| define(s).ok())
-                .collect::<Option<_>>()
-                .unwrap_or_default(),
-        )
-    }
-
-    /// Counts one (a counter) or records `value`. A stats failure must not change a decision.
-    fn count(&self, stat: Stat, value: u64) {
-        if let Some(id) = self.0.get(stat as usize) {
-            let _ = match stat.kind() {
-                Kind::Counter => hostcalls::increment_metric(*id, 1),
-                Kind::Gauge | Kind::Histogram => hostcalls::record_metric(*id, value),
-            };
-        }
-    }
-}
 
 /// Everything a worker's contexts share.
 struct Shared {
@@ -112,6 +34,7 @@ struct Shared {
     metrics: Metrics,
     /// `realm` of every challenge, kept here so a reply borrows nothing.
     realm: String,
+    access_log_fields: bool,
 }
 
 impl Shared {
@@ -140,6 +63,7 @@ impl Shared {
             match effect {
                 Effect::Allow { allowed, .. } => match rewrite(&allowed) {
                     Ok(()) => {
+                        self.record(Ending::Allowed(&allowed));
                         self.metrics.count(allowed.stat(), 1);
                         if is_current {
                             action = Action::Continue;
@@ -191,14 +115,45 @@ impl Shared {
         self.run(from, None, |w| w.answered(call, &response, now(), &HostStore));
     }
 
+    /// Sets the access-log fields of the effective context's request
+    /// (`access_log_fields`).
+    fn record(&self, ending: Ending<'_>) {
+        if !self.access_log_fields {
+            return;
+        }
+        if let Some(fields) = access_log::of_identity(ending) {
+            return fields
+                .pairs()
+                .into_iter()
+                .for_each(|(name, value)| set_property(name, value));
+        }
+        let raw = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        let headers = as_text(&raw);
+        let worker = self.worker.borrow();
+        let fields = worker.log_fields(ending, &headers, now());
+        fields
+            .pairs()
+            .into_iter()
+            .for_each(|(name, value)| set_property(name, value));
+    }
+
     /// Sends the rejection's reply on the effective context.
     fn reply(&self, rejection: &Rejection) {
+        self.record(Ending::Refused(rejection));
         Stat::of_rejection(rejection)
             .into_iter()
             .flatten()
             .for_each(|s| self.metrics.count(s, 1));
         send_reply(rejection, &self.realm);
     }
+}
+
+/// Header values borrowed, not copied; a non-UTF-8 value reads as U+FFFD,
+/// which no credential check accepts.
+fn as_text(raw: &[(String, Vec<u8>)]) -> Vec<(&str, &str)> {
+    raw.iter()
+        .map(|(name, value)| (name.as_str(), std::str::from_utf8(value).unwrap_or("\u{fffd}")))
+        .collect()
 }
 
 fn send_reply(rejection: &Rejection, realm: &str) {
@@ -262,6 +217,7 @@ impl RootContext for Root {
         let effects = worker.start();
         let shared = Rc::new(Shared {
             realm: worker.config().realm.clone(),
+            access_log_fields: worker.config().access_log_fields,
             worker: RefCell::new(worker),
             metrics: Metrics::define(),
         });
@@ -323,12 +279,7 @@ impl HttpContext for Http {
                 return Action::Pause;
             }
         };
-        // Borrowed, not copied; a non-UTF-8 value reads as U+FFFD, which no
-        // credential check accepts.
-        let headers: Vec<(&str, &str)> = raw
-            .iter()
-            .map(|(name, value)| (name.as_str(), std::str::from_utf8(value).unwrap_or("\u{fffd}")))
-            .collect();
+        let headers = as_text(&raw);
         // Client-sent identity headers never reach the upstream.
         let copies: Vec<String> = shared.worker.borrow().config().identity_headers.client_copies(&headers);
         for name in &copies {

@@ -26,6 +26,7 @@
 //!
 //! The public modules are what benchmarks and tools outside the crate use.
 
+pub mod access_log;
 mod algorithm;
 mod cache;
 pub mod config;
@@ -53,6 +54,8 @@ mod stats;
 pub mod verified;
 pub mod worker;
 
+#[cfg(all(target_arch = "wasm32", feature = "filter"))]
+mod envoy_host;
 #[cfg(all(target_arch = "wasm32", feature = "filter"))]
 mod filter;
 

@@ -253,18 +253,24 @@ impl Principal {
     }
 }
 
-/// A principal with its identity headers, built once: a verified token
-/// that comes again reuses both.
+/// A principal with its identity headers and its token's fingerprint,
+/// built once: a verified token that comes again reuses them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub principal: Principal,
     pub headers: Vec<(String, String)>,
+    /// [`crate::secret::fingerprint`] of the token, for the access log.
+    pub fingerprint: String,
 }
 
 impl Identity {
-    pub fn new(principal: Principal, names: &IdentityHeaders) -> Result<Self, Rejection> {
+    pub fn new(principal: Principal, names: &IdentityHeaders, fingerprint: String) -> Result<Self, Rejection> {
         let headers = principal.headers(names)?;
-        Ok(Self { principal, headers })
+        Ok(Self {
+            principal,
+            headers,
+            fingerprint,
+        })
     }
 }
 

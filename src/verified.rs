@@ -189,6 +189,7 @@ mod tests {
         Rc::new(Identity {
             principal,
             headers: Vec::new(),
+            fingerprint: String::new(),
         })
     }
 

@@ -23,8 +23,10 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::access_log::{self, Ending, Fields};
 use crate::cache::{last_usable_second, Claim, Flight, ReferenceCache};
 use crate::config::Config;
+use crate::credential;
 use crate::decision::{Allowed, Engine, PendingJwt, PendingReference, RequestHead, Step, Verdict};
 use crate::host::{Callout, CalloutResponse, Now, RsaHost, SharedStore};
 use crate::introspection::{self, Answer, AnswerRules, OVER_BUDGET, UNAVAILABLE};
@@ -222,6 +224,21 @@ impl Worker {
 
     pub fn config(&self) -> &Config {
         self.engine.config()
+    }
+
+    /// The access-log fields of a request that ended this way, from its
+    /// headers (see [`access_log::of_identity`] for the allowed requests
+    /// that need none): the identity this worker remembers for its token,
+    /// if any, names the client.
+    pub fn log_fields(&self, ending: Ending<'_>, headers: &[(&str, &str)], now: Option<Now>) -> Fields<'_> {
+        let config = self.engine.config();
+        let located = credential::locate(headers.iter().copied(), &config.api_key_headers, config.max_token_bytes);
+        let token = located.ok().map(|l| l.token);
+        let remembered = token.zip(now).and_then(|(token, now)| {
+            let jwt = self.memory.jwts.get(token, now.secs);
+            jwt.or_else(|| self.memory.references.get(token, now.secs))
+        });
+        access_log::of_request(ending, token, remembered.map(|identity| &**identity))
     }
 
     /// The first effects after configuration: with remote keys, tick at once

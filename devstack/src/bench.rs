@@ -123,6 +123,14 @@ pub fn run() -> Result<(), Error> {
             expect: 200,
         },
         Scenario {
+            name: "h2l",
+            what: "(h2) and the four filter-state values `access_log_fields` sets",
+            filters: wasm_filter_raw(&probe_wasm, "map\ntime\nadd 5\nmetric\nprop 4") + &router(),
+            tokens: vec![one.clone()],
+            header: "authorization",
+            expect: 200,
+        },
+        Scenario {
             name: "n1",
             what: "native jwt_authn, no cache",
             filters: jwt_authn(&jwks, false) + &router(),
@@ -142,6 +150,14 @@ pub fn run() -> Result<(), Error> {
             name: "j1",
             what: "this filter, one valid JWT repeated",
             filters: wasm_filter(&filter_wasm, &filter_config(&jwks, 10_000, 30)?) + &router(),
+            tokens: vec![one.clone()],
+            header: "authorization",
+            expect: 200,
+        },
+        Scenario {
+            name: "j1l",
+            what: "(j1) with access_log_fields (the shipped setting)",
+            filters: wasm_filter(&filter_wasm, &with_access_log(filter_config(&jwks, 10_000, 30)?)) + &router(),
             tokens: vec![one.clone()],
             header: "authorization",
             expect: 200,
@@ -325,8 +341,16 @@ fn bad_signature_token(kid: &str) -> String {
     format!("{input}.{signature}")
 }
 
+/// The configuration with `access_log_fields` on.
+fn with_access_log(mut config: Value) -> Value {
+    config["access_log_fields"] = json!(true);
+    config
+}
+
 /// The shipped configuration with the keys inline; `jwt_cache` verified
-/// tokens remembered; reference answers trusted `reference_ttl` seconds.
+/// tokens remembered; reference answers trusted `reference_ttl` seconds;
+/// without `access_log_fields` (the host calls of the decision itself;
+/// (j1l) measures them with it).
 fn filter_config(jwks: &Value, jwt_cache: usize, reference_ttl: u64) -> Result<Value, Error> {
     let mut config = envoy::shipped_filter_config()?;
     envoy::merge(
@@ -335,6 +359,7 @@ fn filter_config(jwks: &Value, jwt_cache: usize, reference_ttl: u64) -> Result<V
             "jwks": jwks,
             "remote_jwks": null,
             "jwt_cache_max_entries": jwt_cache,
+            "access_log_fields": false,
             // (r2) measures a callout per request, not the flood budget.
             "introspection": {"cache_max_ttl_seconds": reference_ttl, "max_calls_per_second": 100_000},
         }),
@@ -596,13 +621,16 @@ fn report(scenarios: &[Scenario], samples: &[Vec<Sample>], rounds: usize, second
         "\nChecks: (j2)/(n1) = {:.2} and (j3)/(j2) = {:.2} (targets ≥ 0.9): a fresh token against \
          Envoy's own jwt_authn. (j1)/(h2) = {:.2} and (r1)/(h3) = {:.2}, (r1)/(h2) = {:.2} (targets \
          ≥ 0.95): a cached credential against the same host calls without the filter's work between \
-         them ((h3) adds the reference-cache counter (r1) bumps). For scale: (j1)/(a2) = {:.2}, \
-         (h1)/(a2) = {:.2}.",
+         them ((h3) adds the reference-cache counter (r1) bumps). With access_log_fields: \
+         (j1l)/(h2l) = {:.2}, and (j1l)/(j1) = {:.2} is what the four values cost. For scale: \
+         (j1)/(a2) = {:.2}, (h1)/(a2) = {:.2}.",
         ratio("j2", "n1"),
         ratio("j3", "j2"),
         ratio("j1", "h2"),
         ratio("r1", "h3"),
         ratio("r1", "h2"),
+        ratio("j1l", "h2l"),
+        ratio("j1l", "j1"),
         ratio("j1", "a2"),
         ratio("h1", "a2"),
     );

@@ -1,5 +1,5 @@
 //! Makes, per request, the host calls its configuration lists (one per
-//! line): `map`, `get NAME`, `add N`, `time`, `metric`. Measured against the
+//! line): `map`, `get NAME`, `add N`, `time`, `metric`, `prop N`. Measured against the
 //! do-nothing filter, this is what each host call costs a request.
 
 #[cfg(target_arch = "wasm32")]
@@ -22,6 +22,8 @@ mod probe {
         Metric,
         /// Reads the whole map and writes it back with N more headers.
         Replace(usize),
+        /// Sets N properties (filter state), as `access_log_fields` does.
+        Prop(usize),
     }
 
     struct Root {
@@ -45,6 +47,7 @@ mod probe {
                     "time" => Op::Time,
                     "metric" => Op::Metric,
                     "replace" => Op::Replace(arg.parse().unwrap_or(1)),
+                    "prop" => Op::Prop(arg.parse().unwrap_or(1)),
                     _ => return false,
                 });
             }
@@ -64,6 +67,12 @@ mod probe {
     }
 
     const NAMES: [&str; 5] = ["x-probe-a", "x-probe-b", "x-probe-c", "x-probe-d", "x-probe-e"];
+    const PROPERTIES: [&str; 4] = [
+        "probe.client_id",
+        "probe.token_kind",
+        "probe.decision",
+        "probe.token_fingerprint",
+    ];
 
     struct Probe {
         ops: Rc<Vec<Op>>,
@@ -100,6 +109,11 @@ mod probe {
                     }
                     Op::Metric => {
                         let _ = hostcalls::increment_metric(self.metric, 1);
+                    }
+                    Op::Prop(n) => {
+                        for name in PROPERTIES.iter().cycle().take(*n) {
+                            let _ = hostcalls::set_property(vec![name], Some(b"some-value-123"));
+                        }
                     }
                 }
             }
