@@ -128,10 +128,10 @@ mod tests {
     use crate::testkit::{self, NOW};
     use crate::verified::Remembered;
 
-    /// The first pass over a GET with these headers, and its fields as the
-    /// filter would set them.
+    /// The first pass over a request with these headers, and its fields as
+    /// the filter would set them (`access_log_fields` on).
     fn decide(headers: &[(&str, &str)], method: &str) -> (Verdict, Fields<'static>) {
-        let engine = testkit::engine();
+        let engine = crate::decision::Engine::new(testkit::config_from(|c| c["access_log_fields"] = true.into()));
         let mut memory = Remembered::new(100, 100);
         let head = RequestHead {
             method,
@@ -221,6 +221,23 @@ mod tests {
             assert_eq!(fields.client_id, "", "{decision}");
             assert_eq!(fields.token_fingerprint.is_empty(), kind.is_empty(), "{decision}");
         }
+    }
+
+    #[test]
+    fn without_access_log_fields_no_token_is_hashed_for_a_fingerprint() {
+        let engine = testkit::engine();
+        let mut memory = Remembered::new(100, 100);
+        let auth = format!("Bearer {}", testkit::token(&["read"]));
+        let head = RequestHead {
+            method: "GET",
+            path: "/api/domain/odata/Customers",
+            headers: &[("authorization", &auth)],
+        };
+        let Step::Done(Verdict::Allow(allowed)) = engine.decide(&head, &engine.config().inline_keys, &mut memory, NOW)
+        else {
+            panic!("not allowed");
+        };
+        assert_eq!(allowed.identity.unwrap().fingerprint, "");
     }
 
     #[test]

@@ -453,7 +453,14 @@ impl Engine {
                 .map(|claims| mapped_claims(&claims, &self.config.claims_to_headers))
                 .unwrap_or_default();
         }
-        let identity = match self.identity(principal, &secret::hash_token(token)) {
+        // The fingerprint is for the access log: no SHA-256 over the token
+        // when nothing prints it (a reference token's hash is made anyway).
+        let hash = if self.config.access_log_fields {
+            secret::hash_token(token)
+        } else {
+            TokenHash::default()
+        };
+        let identity = match self.identity(principal, &hash) {
             Ok(identity) => identity,
             Err(_) => return Err(JwtError::UnsafeClaim),
         };
@@ -478,7 +485,12 @@ impl Engine {
     /// The identity of a principal from a fresh verification or answer for
     /// the token with this hash.
     fn identity(&self, principal: Principal, token: &TokenHash) -> Result<Rc<Identity>, Rejection> {
-        Identity::new(principal, &self.config.identity_headers, secret::fingerprint(token)).map(Rc::new)
+        let fingerprint = if self.config.access_log_fields {
+            secret::fingerprint(token)
+        } else {
+            String::new()
+        };
+        Identity::new(principal, &self.config.identity_headers, fingerprint).map(Rc::new)
     }
 }
 

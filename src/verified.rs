@@ -88,6 +88,20 @@ fn tail_hash(token: &str) -> u64 {
     h.finish()
 }
 
+/// Whether two byte strings are equal, eight bytes at a time. Measured in
+/// Envoy's V8, the byte-at-a-time `memcmp` a wasm build links was the
+/// largest single cost of a cached 800-byte JWT's lookup. (Not constant
+/// time, like `==`: both are tokens this worker verified or is verifying.)
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (a_words, b_words) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (a_rest, b_rest) = (a_words.remainder(), b_words.remainder());
+    let word = |c: &[u8]| c.try_into().map_or(0, u64::from_ne_bytes);
+    a_words.zip(b_words).all(|(x, y)| word(x) == word(y)) && a_rest == b_rest
+}
+
 /// Both of a worker's maps.
 #[derive(Debug, Default)]
 pub struct Remembered {
@@ -125,7 +139,7 @@ impl VerifiedCache {
         self.buckets
             .get(&tail_hash(token))?
             .iter()
-            .find(|e| &*e.token == token && now <= e.until)
+            .find(|e| same_bytes(e.token.as_bytes(), token.as_bytes()) && now <= e.until)
             .map(|e| &e.identity)
     }
 
@@ -191,6 +205,20 @@ mod tests {
             headers: Vec::new(),
             fingerprint: String::new(),
         })
+    }
+
+    #[test]
+    fn tokens_compare_byte_for_byte() {
+        let token = "a".repeat(45) + "bcdefgh";
+        for i in 0..token.len() {
+            let mut other = token.clone().into_bytes();
+            other[i] ^= 1;
+            assert!(!same_bytes(token.as_bytes(), &other), "byte {i}");
+        }
+        assert!(same_bytes(token.as_bytes(), token.clone().as_bytes()));
+        assert!(!same_bytes(token.as_bytes(), &token.as_bytes()[1..]));
+        assert!(!same_bytes(b"", b"x"));
+        assert!(same_bytes(b"", b""));
     }
 
     #[test]
