@@ -1,12 +1,15 @@
 //! erp-edge-validator: an Envoy proxy-wasm filter that authenticates requests
 //! to ERP.net's Domain API at the edge.
 //!
-//! Everything but [`filter`](self) (the one module that imports `proxy_wasm`,
-//! built only for wasm32) is pure Rust with no host calls, so the whole core
-//! builds and tests natively. The module map follows a request:
+//! Everything but `filter` and `envoy_host` (the modules that import
+//! `proxy_wasm`, built only for wasm32) is pure Rust with no host calls, so
+//! the whole core builds and tests natively. The module map follows a
+//! request:
 //!
 //! - `filter`: the host adapter. Reads the request head and the clock, hands
-//!   events to the worker, carries out the effects it returns.
+//!   events to the worker, carries out the effects it returns; `envoy_host`
+//!   implements the core's ports (shared data, clock, RSA, stats, filter
+//!   state) as host calls.
 //! - `worker`: one worker's coordination as a state machine (events in,
 //!   effects out): callouts shared by waiting requests, claims across
 //!   workers, key fetches, ticks.
@@ -18,7 +21,7 @@
 //!   shares signing keys; [`verified`] is a worker's memory of verified
 //!   credentials; `principal` is who a credential speaks for and the
 //!   identity headers; `rejection` says no on the wire; `stats` names the
-//!   counters.
+//!   counters; [`access_log`] is how a request ended, for Envoy's access log.
 //! - Leaves: [`config`] and `config_error` (the configuration and how it
 //!   names a wrong field), `algorithm`, `endpoint` (the identity-service
 //!   endpoint fields both callouts use), `host` (the ports: shared data,
