@@ -160,13 +160,47 @@ fn rsa_crate_accepts(public: &RsaPublicKey, message: &[u8], signature: &[u8]) ->
     public.verify(scheme, &Sha256::digest(message), signature).is_ok()
 }
 
+/// `kid`s of the curve keys of the request and JWT targets.
+pub const P256_KID: &str = "fuzz-p256";
+pub const ED25519_KID: &str = "fuzz-ed25519";
+
+/// A P-256 (ES256) and an Ed25519 (EdDSA) key from fixed bytes: the same
+/// on every run, so committed seeds stay valid.
+pub struct CurveKeys {
+    pub p256: p256::ecdsa::SigningKey,
+    pub ed25519: ed25519_dalek::SigningKey,
+}
+
+pub fn curve_keys() -> &'static CurveKeys {
+    static KEYS: OnceLock<CurveKeys> = OnceLock::new();
+    KEYS.get_or_init(|| CurveKeys {
+        p256: p256::ecdsa::SigningKey::from_bytes(&[7u8; 32].into()).expect("a valid P-256 scalar"),
+        ed25519: ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]),
+    })
+}
+
+fn curve_jwks() -> [Value; 2] {
+    let keys = curve_keys();
+    let point = keys.p256.verifying_key().to_encoded_point(false);
+    let coordinate = |c: Option<&p256::FieldBytes>| URL_SAFE_NO_PAD.encode(c.map(|c| c.to_vec()).unwrap_or_default());
+    [
+        json!({"kty": "EC", "crv": "P-256", "kid": P256_KID, "alg": "ES256",
+               "x": coordinate(point.x()), "y": coordinate(point.y())}),
+        json!({"kty": "OKP", "crv": "Ed25519", "kid": ED25519_KID, "alg": "EdDSA",
+               "x": URL_SAFE_NO_PAD.encode(keys.ed25519.verifying_key().as_bytes())}),
+    ]
+}
+
 /// The configuration of the request and JWT targets: the shipped shape,
-/// the committed keys inline, introspection on.
+/// the committed RSA keys and the curve keys inline, introspection on.
 pub fn config_json() -> Value {
+    let mut jwks: Vec<Value> = keys().iter().map(|k| k.jwk.clone()).collect();
+    jwks.extend(curve_jwks());
     json!({
         "issuers": [ISSUER],
         "audiences": [AUDIENCE],
-        "jwks": {"keys": keys().iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()},
+        "algorithms": ["RS256", "ES256", "EdDSA"],
+        "jwks": {"keys": jwks},
         "introspection": {
             "cluster": "identity", "authority": "idp.erp.test", "path": "/id/connect/introspect",
             "client_id": "erp-edge-validator", "client_secret": "fuzz-secret"
@@ -222,10 +256,32 @@ fn independently_valid_jwt(token: &str) -> bool {
     let time_ok = claims["exp"].as_u64().is_some_and(|exp| exp + skew > NOW)
         && claims["nbf"].as_u64().is_none_or(|nbf| nbf <= NOW + skew)
         && claims["iss"] == ISSUER;
-    time_ok
-        && keys()
+    let header: Value = input
+        .split_once('.')
+        .and_then(|(header, _)| URL_SAFE_NO_PAD.decode(header).ok())
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    let signed_by = |alg: &str, kid: &str| header["alg"] == alg && header["kid"] == kid;
+    let curves = curve_keys();
+    let signature_ok = if signed_by("ES256", P256_KID) {
+        use p256::ecdsa::signature::Verifier;
+        p256::ecdsa::Signature::from_slice(&signature)
+            .is_ok_and(|s| curves.p256.verifying_key().verify(input.as_bytes(), &s).is_ok())
+    } else if signed_by("EdDSA", ED25519_KID) {
+        // The strict check: stricter than what the filter must meet.
+        ed25519_dalek::Signature::from_slice(&signature).is_ok_and(|s| {
+            curves
+                .ed25519
+                .verifying_key()
+                .verify_strict(input.as_bytes(), &s)
+                .is_ok()
+        })
+    } else {
+        keys()
             .iter()
             .any(|k| rsa_crate_accepts(&k.public, input.as_bytes(), &signature))
+    };
+    time_ok && signature_ok
 }
 
 /// Splits input into a request head: the first line is `METHOD PATH`, the
@@ -613,6 +669,39 @@ mod tests {
             .unwrap_or_default();
         out.sort();
         out
+    }
+
+    /// Curve tokens pass the JWT target's invariant; their forgeries are
+    /// refused. Prints the seeds `tests/fuzz/corpus/jwt/curve-*` hold.
+    #[test]
+    fn curve_tokens_meet_the_jwt_targets_invariant() {
+        use p256::ecdsa::signature::Signer;
+        let claims = json!({"aud": AUDIENCE, "client_id": "fuzz-app", "exp": NOW + 3600, "iss": ISSUER,
+                            "nbf": NOW - 10, "scope": "read update", "sub": "user-1"});
+        let encode = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let keys = curve_keys();
+        for (alg, kid) in [("ES256", P256_KID), ("EdDSA", ED25519_KID)] {
+            let input = format!("{}.{}", encode(&json!({"alg": alg, "kid": kid, "typ": "at+jwt"})), encode(&claims));
+            let signature = if alg == "ES256" {
+                let s: p256::ecdsa::Signature = keys.p256.sign(input.as_bytes());
+                s.to_bytes().to_vec()
+            } else {
+                keys.ed25519.sign(input.as_bytes()).to_bytes().to_vec()
+            };
+            let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(&signature));
+            println!("{alg}: {token}");
+            assert!(independently_valid_jwt(&token), "{alg}");
+            let verify = |t: &str| {
+                with_engine(|e| jwt::verify_with(t, &e.config().inline_keys, &rules(e.config()), NOW, None).is_ok())
+            };
+            assert!(verify(&token), "{alg}");
+            jwt(token.as_bytes());
+            let mut forged = signature.clone();
+            forged[5] ^= 1;
+            let forged = format!("{input}.{}", URL_SAFE_NO_PAD.encode(&forged));
+            assert!(!independently_valid_jwt(&forged));
+            assert!(!verify(&forged), "{alg}");
+        }
     }
 
     /// Every committed seed and every minimised crash, through its target.
