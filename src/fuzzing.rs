@@ -671,35 +671,46 @@ mod tests {
         out
     }
 
-    /// Curve tokens pass the JWT target's invariant; their forgeries are
-    /// refused. Prints the seeds `tests/fuzz/corpus/jwt/curve-*` hold.
-    #[test]
-    fn curve_tokens_meet_the_jwt_targets_invariant() {
+    /// A valid token signed by the curve key of `alg` (`ES256` or `EdDSA`),
+    /// and its signature.
+    fn curve_token(alg: &str) -> (String, Vec<u8>) {
         use p256::ecdsa::signature::Signer;
         let claims = json!({"aud": AUDIENCE, "client_id": "fuzz-app", "exp": NOW + 3600, "iss": ISSUER,
                             "nbf": NOW - 10, "scope": "read update", "sub": "user-1"});
+        let kid = if alg == "ES256" { P256_KID } else { ED25519_KID };
         let encode = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let input = format!(
+            "{}.{}",
+            encode(&json!({"alg": alg, "kid": kid, "typ": "at+jwt"})),
+            encode(&claims)
+        );
         let keys = curve_keys();
-        for (alg, kid) in [("ES256", P256_KID), ("EdDSA", ED25519_KID)] {
-            let input = format!("{}.{}", encode(&json!({"alg": alg, "kid": kid, "typ": "at+jwt"})), encode(&claims));
-            let signature = if alg == "ES256" {
-                let s: p256::ecdsa::Signature = keys.p256.sign(input.as_bytes());
-                s.to_bytes().to_vec()
-            } else {
-                keys.ed25519.sign(input.as_bytes()).to_bytes().to_vec()
-            };
-            let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(&signature));
-            println!("{alg}: {token}");
+        let signature = if alg == "ES256" {
+            let s: p256::ecdsa::Signature = keys.p256.sign(input.as_bytes());
+            s.to_bytes().to_vec()
+        } else {
+            keys.ed25519.sign(input.as_bytes()).to_bytes().to_vec()
+        };
+        (format!("{input}.{}", URL_SAFE_NO_PAD.encode(&signature)), signature)
+    }
+
+    /// Curve tokens pass the JWT target's invariant; their forgeries are
+    /// refused.
+    #[test]
+    fn curve_tokens_meet_the_jwt_targets_invariant() {
+        let verify = |t: &str| {
+            with_engine(|e| jwt::verify_with(t, &e.config().inline_keys, &rules(e.config()), NOW, None).is_ok())
+        };
+        for alg in ["ES256", "EdDSA"] {
+            let (token, signature) = curve_token(alg);
             assert!(independently_valid_jwt(&token), "{alg}");
-            let verify = |t: &str| {
-                with_engine(|e| jwt::verify_with(t, &e.config().inline_keys, &rules(e.config()), NOW, None).is_ok())
-            };
             assert!(verify(&token), "{alg}");
             jwt(token.as_bytes());
             let mut forged = signature.clone();
             forged[5] ^= 1;
+            let input = token.rsplit_once('.').map(|(i, _)| i).unwrap_or_default();
             let forged = format!("{input}.{}", URL_SAFE_NO_PAD.encode(&forged));
-            assert!(!independently_valid_jwt(&forged));
+            assert!(!independently_valid_jwt(&forged), "{alg}");
             assert!(!verify(&forged), "{alg}");
         }
     }
@@ -748,6 +759,19 @@ mod tests {
         for (i, token) in tokens.iter().enumerate() {
             write("jwt", &format!("token-{i}"), token.as_bytes());
         }
+        let (es256, eddsa) = (curve_token("ES256").0, curve_token("EdDSA").0);
+        write("jwt", "curve-es256", es256.as_bytes());
+        write("jwt", "curve-eddsa", eddsa.as_bytes());
+        write(
+            "request_head",
+            "curve-es256",
+            format!("GET /api/domain/items\nauthorization: Bearer {es256}").as_bytes(),
+        );
+        write(
+            "request_head",
+            "curve-eddsa",
+            format!("POST /api/domain/items\nauthorization: Bearer {eddsa}").as_bytes(),
+        );
         let heads = [
             format!("GET /api/domain/items\nauthorization: Bearer {valid}"),
             format!("POST /api/domain/items\nx-api-key: {valid}"),
