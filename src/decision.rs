@@ -327,7 +327,7 @@ impl Engine {
             Ok(Answer::Refused(reason)) => return Verdict::Deny(Rejection::InvalidToken(reason)),
             Err(rejection) => return Verdict::Deny(rejection.clone()),
         };
-        let identity = self.identity(principal, &pending.hash).inspect(|identity| {
+        let identity = self.identity(principal, || pending.hash).inspect(|identity| {
             if let Some(until) = until {
                 references.insert(pending.token.expose(), None, Rc::clone(identity), until);
             }
@@ -453,14 +453,7 @@ impl Engine {
                 .map(|claims| mapped_claims(&claims, &self.config.claims_to_headers))
                 .unwrap_or_default();
         }
-        // The fingerprint is for the access log: no SHA-256 over the token
-        // when nothing prints it (a reference token's hash is made anyway).
-        let hash = if self.config.access_log_fields {
-            secret::hash_token(token)
-        } else {
-            TokenHash::default()
-        };
-        let identity = match self.identity(principal, &hash) {
+        let identity = match self.identity(principal, || secret::hash_token(token)) {
             Ok(identity) => identity,
             Err(_) => return Err(JwtError::UnsafeClaim),
         };
@@ -483,10 +476,12 @@ impl Engine {
     }
 
     /// The identity of a principal from a fresh verification or answer for
-    /// the token with this hash.
-    fn identity(&self, principal: Principal, token: &TokenHash) -> Result<Rc<Identity>, Rejection> {
+    /// the token `hash` gives. The fingerprint is for the access log: the
+    /// hash is asked for only when something prints it (for a JWT it is a
+    /// SHA-256 over the whole token).
+    fn identity(&self, principal: Principal, hash: impl FnOnce() -> TokenHash) -> Result<Rc<Identity>, Rejection> {
         let fingerprint = if self.config.access_log_fields {
-            secret::fingerprint(token)
+            secret::fingerprint(&hash())
         } else {
             String::new()
         };
