@@ -93,10 +93,34 @@ impl Metrics {
 
 #[link(wasm_import_module = "env")]
 extern "C" {
-    // The SDK declares this import too, but its wrapper panics (traps the
-    // VM) on any status but Ok; an access-log field is not worth a VM.
+    // The SDK declares these imports too, but its wrappers panic (trap the
+    // VM) on any status but Ok, and its map reader copies every header.
     #[allow(clashing_extern_declarations)]
     fn proxy_set_property(path_data: *const u8, path_size: usize, value_data: *const u8, value_size: usize) -> u32;
+    #[allow(clashing_extern_declarations)]
+    fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+}
+
+/// The request's headers as the host serializes them (read with
+/// [`crate::header_map::pairs`]), or `None` when the host cannot give them.
+pub fn request_header_bytes() -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer and a length to the two live
+    // out-parameters, and nothing else.
+    let status = unsafe { proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut data, &mut size) };
+    if status != 0 {
+        return None;
+    }
+    if data.is_null() {
+        return Some(Vec::new());
+    }
+    // SAFETY: the host filled a buffer of `size` bytes it obtained from
+    // this module's `proxy_on_memory_allocate` (the SDK's: a boxed byte
+    // slice of exactly `size`, the layout of a `Vec<u8>` with that
+    // capacity), and hands its ownership over, as the SDK's own reader
+    // assumes.
+    Some(unsafe { Vec::from_raw_parts(data, size, size) })
 }
 
 /// Sets a property of the current stream (Envoy: filter state

@@ -16,7 +16,8 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 use crate::access_log::{self, Ending};
 use crate::config::{Config, RsaVerifier, DEFAULT_REALM};
 use crate::decision::{Allowed, RequestHead};
-use crate::envoy_host::{now, set_property, HostResponse, HostRsa, HostStore, Metrics};
+use crate::envoy_host::{now, request_header_bytes, set_property, HostResponse, HostRsa, HostStore, Metrics};
+use crate::header_map;
 use crate::host::RsaHost;
 use crate::rejection::Rejection;
 use crate::rs256;
@@ -127,8 +128,8 @@ impl Shared {
                 .into_iter()
                 .for_each(|(name, value)| set_property(name, value));
         }
-        let raw = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
-        let headers = as_text(&raw);
+        let raw = request_header_bytes().unwrap_or_default();
+        let headers = header_map::pairs(&raw).unwrap_or_default();
         let worker = self.worker.borrow();
         let fields = worker.log_fields(ending, &headers, now());
         fields
@@ -146,14 +147,6 @@ impl Shared {
             .for_each(|s| self.metrics.count(s, 1));
         send_reply(rejection, &self.realm);
     }
-}
-
-/// Header values borrowed, not copied; a non-UTF-8 value reads as U+FFFD,
-/// which no credential check accepts.
-fn as_text(raw: &[(String, Vec<u8>)]) -> Vec<(&str, &str)> {
-    raw.iter()
-        .map(|(name, value)| (name.as_str(), std::str::from_utf8(value).unwrap_or("\u{fffd}")))
-        .collect()
 }
 
 fn send_reply(rejection: &Rejection, realm: &str) {
@@ -271,15 +264,12 @@ impl HttpContext for Http {
             send_reply(&Rejection::Unavailable("the filter is not configured"), DEFAULT_REALM);
             return Action::Pause;
         };
-        let raw = match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
-            Ok(raw) => raw,
-            Err(status) => {
-                log::error!("erp-edge-validator: cannot read request headers: {status:?}");
-                shared.reply(&Rejection::Unavailable("the request could not be read"));
-                return Action::Pause;
-            }
+        let raw = request_header_bytes();
+        let Some(headers) = raw.as_deref().and_then(header_map::pairs) else {
+            log::error!("erp-edge-validator: cannot read request headers");
+            shared.reply(&Rejection::Unavailable("the request could not be read"));
+            return Action::Pause;
         };
-        let headers = as_text(&raw);
         // Client-sent identity headers never reach the upstream.
         let copies: Vec<String> = shared.worker.borrow().config().identity_headers.client_copies(&headers);
         for name in &copies {

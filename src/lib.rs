@@ -41,6 +41,9 @@ pub mod explain;
 // The wire format of a host call the Envoy glue (wasm32 only) makes.
 #[cfg_attr(not(all(target_arch = "wasm32", feature = "filter")), allow(dead_code))]
 mod foreign;
+// How the Envoy glue reads the request's headers, in place.
+#[cfg_attr(not(all(target_arch = "wasm32", feature = "filter")), allow(dead_code))]
+mod header_map;
 mod host;
 mod introspection;
 mod jwks;
