@@ -50,6 +50,41 @@ pub fn locate<'a>(
     api_key_headers: &'a [String],
     max_token_bytes: usize,
 ) -> Result<Located<'a>, Rejection> {
+    let (header, value) = sole(headers, api_key_headers)?;
+    if value.contains(',') {
+        return Err(Rejection::MultipleCredentials);
+    }
+    let token = token_of(header, value)?;
+    if token.is_empty() {
+        return Err(Rejection::MalformedCredential("empty credential"));
+    }
+    if token.len() > max_token_bytes {
+        return Err(Rejection::InvalidToken("token is too large"));
+    }
+    Ok(Located { header, token })
+}
+
+/// The token [`locate`] would find, read without looking at its bytes or
+/// its size: to look it up among tokens verified before. For a token found
+/// there, `locate` finds exactly this: a verified token is non-empty,
+/// within the size limit and of token characters only (so no comma), and
+/// what else `locate` checks lies outside the token (the scheme, the
+/// whitespace around it: no comma either). Anything not found there goes
+/// through `locate`.
+pub fn candidate<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    api_key_headers: &'a [String],
+) -> Option<Located<'a>> {
+    let (header, value) = sole(headers, api_key_headers).ok()?;
+    let token = token_of(header, value).ok()?;
+    Some(Located { header, token })
+}
+
+/// The one header carrying a credential (its lower-case name, its value).
+fn sole<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    api_key_headers: &'a [String],
+) -> Result<(&'a str, &'a str), Rejection> {
     let mut found: Option<(&'a str, &'a str)> = None;
     for (name, value) in headers {
         let header = if name.eq_ignore_ascii_case("authorization") {
@@ -59,24 +94,21 @@ pub fn locate<'a>(
         } else {
             continue;
         };
-        if found.is_some() || value.contains(',') {
+        if found.is_some() {
             return Err(Rejection::MultipleCredentials);
         }
         found = Some((header, value));
     }
-    let (header, value) = found.ok_or(Rejection::MissingCredential)?;
-    let token = if header == "authorization" {
-        bearer_token(value)?
+    found.ok_or(Rejection::MissingCredential)
+}
+
+/// The token in a credential header's value.
+fn token_of<'a>(header: &str, value: &'a str) -> Result<&'a str, Rejection> {
+    if header == "authorization" {
+        bearer_token(value)
     } else {
-        value.trim_matches([' ', '\t'])
-    };
-    if token.is_empty() {
-        return Err(Rejection::MalformedCredential("empty credential"));
+        Ok(value.trim_matches([' ', '\t']))
     }
-    if token.len() > max_token_bytes {
-        return Err(Rejection::InvalidToken("token is too large"));
-    }
-    Ok(Located { header, token })
 }
 
 /// Checks the located token's characters and tells its kind.
@@ -217,6 +249,63 @@ mod tests {
         assert_eq!(
             find_in(&[("authorization", big)]),
             Err(Rejection::InvalidToken("token is too large"))
+        );
+    }
+
+    /// Every value, in every credential header arrangement, whose candidate
+    /// could be a remembered token (non-empty, token characters, within the
+    /// limit): `locate` finds the same token in the same header.
+    #[test]
+    fn a_candidate_that_could_be_remembered_is_what_locate_finds() {
+        let keys = keys();
+        let tokens = ["abc.def.ghi", PAT, "a,b", "", "a b", "x".repeat(9000).leak()];
+        let fronts = [
+            "",
+            " ",
+            "\t",
+            "Bearer ",
+            "bearer \t ",
+            "Bearer",
+            "Basic ",
+            ",",
+            "Bearer ,",
+            " Bearer  ",
+        ];
+        let backs = ["", " ", "\t ", ",", ", Bearer x", " ,"];
+        let mut checked = 0;
+        for token in tokens {
+            for front in fronts {
+                for back in backs {
+                    let value = format!("{front}{token}{back}");
+                    for headers in [
+                        vec![("authorization", value.as_str())],
+                        vec![("x-api-key", value.as_str())],
+                        vec![(":path", "/"), ("Authorization", value.as_str())],
+                        vec![("authorization", value.as_str()), ("x-api-key", PAT)],
+                        vec![("api-key", value.as_str()), ("api-key", value.as_str())],
+                    ] {
+                        let Some(found) = candidate(headers.iter().copied(), &keys) else {
+                            continue;
+                        };
+                        let rememberable = !found.token.is_empty()
+                            && found.token.len() <= 8192
+                            && found.token.bytes().all(is_b64token_byte);
+                        if rememberable {
+                            assert_eq!(locate(headers.iter().copied(), &keys, 8192), Ok(found), "{headers:?}");
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        // Not vacuous: bare and Bearer values in either header kind.
+        assert!(checked >= 20, "{checked}");
+        // And candidates that locate refuses exist, which only a miss sees.
+        let comma = [("authorization", "Bearer a.b.c, Bearer d")];
+        assert!(candidate(comma.iter().copied(), &keys).is_some());
+        assert_eq!(
+            locate(comma.iter().copied(), &keys, 8192),
+            Err(Rejection::MultipleCredentials)
         );
     }
 

@@ -374,23 +374,22 @@ impl Engine {
                 would_deny: None,
             })));
         }
-        let located = credential::locate(
-            request.headers.iter().copied(),
-            &self.config.api_key_headers,
-            self.config.max_token_bytes,
-        )?;
         // A token this worker verified (or had vouched for) before is
         // exactly that token: its bytes were checked then. The common case
         // costs a short hash and one comparison.
-        let jwt = memory.jwts.get(located.token, now);
-        if jwt.is_some() {
-            bump(&self.verifications.jwt_hits);
+        let headers = || request.headers.iter().copied();
+        if let Some(found) = credential::candidate(headers(), &self.config.api_key_headers) {
+            let jwt = memory.jwts.get(found.token, now);
+            if jwt.is_some() {
+                bump(&self.verifications.jwt_hits);
+            }
+            if let Some(identity) = jwt.or_else(|| memory.references.get(found.token, now)) {
+                return self
+                    .allow(access, Rc::clone(identity), found.header)
+                    .map(|allowed| Step::Done(Verdict::Allow(allowed)));
+            }
         }
-        if let Some(identity) = jwt.or_else(|| memory.references.get(located.token, now)) {
-            return self
-                .allow(access, Rc::clone(identity), located.header)
-                .map(|allowed| Step::Done(Verdict::Allow(allowed)));
-        }
+        let located = credential::locate(headers(), &self.config.api_key_headers, self.config.max_token_bytes)?;
         let credential = credential::classify(located)?;
         match credential.kind {
             TokenKind::Jwt => match self.verify_jwt(credential.token, keys, &mut memory.jwts, now) {

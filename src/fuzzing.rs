@@ -348,6 +348,37 @@ fn decide_and_check(engine: &Engine, method: &str, path: &str, pairs: &[(&str, &
     // The decision is a function of the request: the same input, the same answer.
     let again = engine.decide(&request, &engine.config().inline_keys, &mut Remembered::new(4, 4), NOW);
     assert_eq!(step, again, "the decision changed between two passes");
+    // Memory changes no decision: with every token of the request that
+    // verifies already remembered (each sent alone first), a request is
+    // decided from memory exactly as it was without.
+    let mut warm = Remembered::new(8, 8);
+    let pieces = pairs
+        .iter()
+        .flat_map(|(_, v)| v.split([' ', '\t', ',']))
+        .filter(|t| !t.is_empty());
+    for piece in pieces.take(8) {
+        let alone = format!("Bearer {piece}");
+        let head = RequestHead {
+            method: "GET",
+            path: "/api/domain/x",
+            headers: &[("authorization", &alone)],
+        };
+        engine.decide(&head, &engine.config().inline_keys, &mut warm, NOW);
+    }
+    let warmed = engine.decide(&request, &engine.config().inline_keys, &mut warm, NOW);
+    assert_eq!(step, warmed, "a remembered token changed the decision");
+    // What the memory is looked up by: where it could be a remembered
+    // token, it is the credential `locate` finds.
+    let api_keys = &engine.config().api_key_headers;
+    if let Some(found) = crate::credential::candidate(pairs.iter().copied(), api_keys) {
+        let max = engine.config().max_token_bytes;
+        if !found.token.is_empty() && found.token.len() <= max && crate::credential::classify(found).is_ok() {
+            assert_eq!(
+                crate::credential::locate(pairs.iter().copied(), api_keys, max),
+                Ok(found)
+            );
+        }
+    }
 }
 
 /// A token alone: header and claims parsing and full verification against
