@@ -410,6 +410,11 @@ impl Worker {
     /// callout: the root context calls again on its next tick.
     pub fn stream_done(&mut self, stream: ContextId, store: &dyn SharedStore) -> Vec<Effect> {
         let mut out = Vec::new();
+        // Nearly every stream: nobody waits and no call is out, so there
+        // is nothing to forget, and no tick or count to change.
+        if self.calls.is_empty() && self.waiters.is_empty() && self.key_waiters.is_empty() {
+            return out;
+        }
         for waiting in self.waiters.values_mut() {
             waiting.retain(|w| w.stream != stream);
         }
