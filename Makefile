@@ -120,7 +120,7 @@ wrk:
 
 # Throughput through Envoy against baselines (no filter, a do-nothing wasm
 # filter, host calls alone, native jwt_authn), interleaved rounds, medians
-# and ratios. BENCH_ROUNDS (5), BENCH_SECONDS (3), BENCH_POOL (20000) and
+# and ratios. BENCH_ROUNDS (9), BENCH_SECONDS (2), BENCH_POOL (20000) and
 # BENCH_ONLY (a,j1,...) tune it; BENCH_VARIANT=name=j2:other.wasm compares
 # another build, BENCH_PROBE=name=map+add 5 measures host calls.
 bench: build venv wrk

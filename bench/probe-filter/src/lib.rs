@@ -1,5 +1,5 @@
 //! Makes, per request, the host calls its configuration lists (one per
-//! line): `map`, `get NAME`, `add N`, `time`, `metric`, `prop N`. Measured against the
+//! line): `map`, `rawmap`, `get NAME`, `add N`, `time`, `metric`, `prop N`. Measured against the
 //! do-nothing filter, this is what each host call costs a request.
 
 #[cfg(target_arch = "wasm32")]
@@ -15,7 +15,10 @@ mod probe {
     }}
 
     enum Op {
+        /// Reads the request headers with the SDK (a copy of each).
         Map,
+        /// Reads them as the host serializes them, without copying.
+        RawMap,
         Get(String),
         Add(usize),
         Time,
@@ -42,6 +45,7 @@ mod probe {
                 let (op, arg) = line.split_once(' ').unwrap_or((line, ""));
                 ops.push(match op {
                     "map" => Op::Map,
+                    "rawmap" => Op::RawMap,
                     "get" => Op::Get(arg.to_string()),
                     "add" => Op::Add(arg.parse().unwrap_or(1)),
                     "time" => Op::Time,
@@ -74,6 +78,28 @@ mod probe {
         "probe.token_fingerprint",
     ];
 
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        #[allow(clashing_extern_declarations)]
+        fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+    }
+
+    /// The serialized request headers' length; the buffer is freed.
+    fn raw_map_len() -> usize {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size = 0usize;
+        // SAFETY: as the SDK's reader: the host hands over a buffer of
+        // `size` bytes from this module's allocator.
+        unsafe {
+            if proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut data, &mut size) != 0
+                || data.is_null()
+            {
+                return 0;
+            }
+            Vec::from_raw_parts(data, size, size).len()
+        }
+    }
+
     struct Probe {
         ops: Rc<Vec<Op>>,
         metric: u32,
@@ -85,6 +111,7 @@ mod probe {
             for op in self.ops.iter() {
                 match op {
                     Op::Map => sink += hostcalls::get_map_bytes(MapType::HttpRequestHeaders).map_or(0, |m| m.len()),
+                    Op::RawMap => sink += raw_map_len(),
                     Op::Get(name) => {
                         sink += hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
                             .ok()
