@@ -166,12 +166,60 @@ pub fn mapped_claims(root: &serde_json::Value, mappings: &[ClaimToHeader]) -> Ve
         .collect()
 }
 
+/// A claim that is one string or an array of strings, read in one pass.
+/// (serde's `untagged` buffers the value and formats an error for each
+/// variant that does not match first: in a profile of a fresh JWT, more
+/// than all the rest of reading its claims.)
+enum StringOrList {
+    One(String),
+    List(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for StringOrList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = StringOrList;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<StringOrList, E> {
+                Ok(StringOrList::One(value.to_owned()))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, value: String) -> Result<StringOrList, E> {
+                Ok(StringOrList::One(value))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<StringOrList, A::Error> {
+                let mut list = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(16));
+                while let Some(item) = seq.next_element::<String>()? {
+                    list.push(item);
+                }
+                Ok(StringOrList::List(list))
+            }
+        }
+        deserializer.deserialize_any(Visit)
+    }
+}
+
 /// `aud`: one audience or several (RFC 7519 §4.1.3).
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(from = "StringOrList")]
 pub enum Audience {
     One(String),
     Many(Vec<String>),
+}
+
+impl From<StringOrList> for Audience {
+    fn from(value: StringOrList) -> Self {
+        match value {
+            StringOrList::One(one) => Self::One(one),
+            StringOrList::List(many) => Self::Many(many),
+        }
+    }
 }
 
 impl Audience {
@@ -187,10 +235,19 @@ impl Audience {
 /// Scope claim: ERP.net sends a JSON array, RFC 9068 and RFC 7662 a
 /// space-delimited string. Both are accepted.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(from = "StringOrList")]
 pub enum ScopeClaim {
     List(Vec<String>),
     Text(String),
+}
+
+impl From<StringOrList> for ScopeClaim {
+    fn from(value: StringOrList) -> Self {
+        match value {
+            StringOrList::One(text) => Self::Text(text),
+            StringOrList::List(list) => Self::List(list),
+        }
+    }
 }
 
 /// RFC 6749 §3.3 scope-token characters: printable ASCII but space, `"`
@@ -289,6 +346,45 @@ mod tests {
             scopes: vec!["DomainApi".into(), "read".into()],
             expires_at: 1,
             claims: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn audience_and_scope_are_a_string_or_an_array_of_strings_only() {
+        let aud = |v: serde_json::Value| {
+            let text = v.to_string();
+            serde_json::from_str::<Audience>(&text)
+                .ok()
+                .map(|a| a.any_in(&["A".into()]))
+        };
+        assert_eq!(aud(json!("A")), Some(true));
+        assert_eq!(aud(json!("B")), Some(false));
+        assert_eq!(aud(json!(["B", "A"])), Some(true));
+        assert_eq!(aud(json!([])), Some(false));
+        let scope = |v: serde_json::Value| {
+            let text = v.to_string();
+            serde_json::from_str::<ScopeClaim>(&text).ok().map(|s| s.into_scopes())
+        };
+        assert_eq!(
+            scope(json!("read  update")),
+            Some(Ok(vec!["read".into(), "update".into()]))
+        );
+        assert_eq!(
+            scope(json!(["read", "update"])),
+            Some(Ok(vec!["read".into(), "update".into()]))
+        );
+        assert_eq!(scope(json!(["read update"])), Some(Err(MalformedScope)));
+        for bad in [
+            json!(null),
+            json!(1),
+            json!(true),
+            json!({"A": 1}),
+            json!(["A", 1]),
+            json!([["A"]]),
+            json!([null]),
+        ] {
+            assert_eq!(aud(bad.clone()), None, "{bad}");
+            assert!(scope(bad.clone()).is_none(), "{bad}");
         }
     }
 
