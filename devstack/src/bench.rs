@@ -125,6 +125,14 @@ pub fn run() -> Result<(), Error> {
             expect: 200,
         },
         Scenario {
+            name: "n1h",
+            what: "(n1) also setting four identity headers from claims (claim_to_headers)",
+            filters: jwt_authn(&jwks, false).replace("forward: true", CLAIM_HEADERS) + &router(),
+            tokens: vec![one.clone()],
+            header: "authorization",
+            expect: 200,
+        },
+        Scenario {
             name: "n1",
             what: "native jwt_authn, no cache",
             filters: jwt_authn(&jwks, false) + &router(),
@@ -411,6 +419,15 @@ fn wasm_filter_raw(wasm: &Path, config: &str) -> String {
     )
 }
 
+/// `jwt_authn` setting the identity headers this filter sets from the same
+/// claims (all but `x-erp-token-kind`, which no claim holds).
+const CLAIM_HEADERS: &str = "forward: true
+                  claim_to_headers:
+                  - { header_name: x-erp-client-id, claim_name: client_id }
+                  - { header_name: x-erp-scopes, claim_name: scope }
+                  - { header_name: x-erp-client-db, claim_name: client_db }
+                  - { header_name: x-erp-system-user, claim_name: client_system_user }";
+
 fn jwt_authn(jwks: &Value, cache: bool) -> String {
     let jwks_literal = serde_json::to_string(&jwks.to_string()).unwrap_or_default();
     let cache_config = if cache {
@@ -695,6 +712,7 @@ fn report(scenarios: &[Scenario], samples: &[Vec<Sample>], rounds: usize, second
     ];
     let checks = [
         ("j2", "n1", "≥ 0.9", "a fresh token against Envoy's own jwt_authn"),
+        ("j2", "n1h", "", "the same, jwt_authn also setting headers from claims"),
         ("j3", "j2", "≥ 0.9", "bad signatures against good"),
         ("j1", "h2", "≥ 0.95", "a cached JWT against its host calls"),
         ("r1", "h2", "≥ 0.95", "a cached reference token against the same"),
