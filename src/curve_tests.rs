@@ -50,6 +50,18 @@ fn es256_and_eddsa_tokens_verify_with_their_keys() {
 }
 
 #[test]
+fn curve_tokens_claims_are_read_only_under_a_good_signature() {
+    for key in [p256_key(), ed25519_key()] {
+        let token = curve_token(&key, |_, c| c["exp"] = json!("tomorrow"));
+        assert_eq!(check(&token).unwrap_err(), JwtError::MalformedClaims, "{key:?}");
+        let (_, mut signature) = parts(&token);
+        signature[0] ^= 1;
+        let forged = with_signature(&token, &signature);
+        assert_eq!(check(&forged).unwrap_err(), JwtError::BadSignature, "{key:?}");
+    }
+}
+
+#[test]
 fn the_fully_specified_ed25519_name_needs_a_key_bound_to_it() {
     let key = CurveKey::ed25519("ed-fully", "trusted ed25519");
     let mut jwk = key.jwk();

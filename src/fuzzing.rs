@@ -383,9 +383,13 @@ fn decide_and_check(engine: &Engine, method: &str, path: &str, pairs: &[(&str, &
 
 /// A token alone: header and claims parsing and full verification against
 /// the committed keys at [`NOW`]. Whatever passes must pass the `rsa`
-/// crate and the claim checks read independently.
+/// crate and the claim checks read independently; the token is read as
+/// jwt-compact reads it.
 pub fn jwt(data: &[u8]) {
     let token = String::from_utf8_lossy(data);
+    if let Err(difference) = crate::jws::against_jwt_compact::same_reading(&token) {
+        panic!("read otherwise than jwt-compact reads it: {difference}");
+    }
     let (result, skew) = with_engine(|engine| {
         let config = engine.config();
         (

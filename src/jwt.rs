@@ -6,13 +6,13 @@
 //! locations in the token are never followed; a `crit` header is refused.
 
 use jwt_compact::alg::{Ed25519, Es256, Rsa};
-use jwt_compact::{AlgorithmExt, Claims, ParseError, UntrustedToken, ValidationError};
-use serde::Deserialize;
+use jwt_compact::{Algorithm as JwtAlgorithm, AlgorithmSignature};
 
 use crate::algorithm::Algorithm;
 use crate::host::RsaHost;
 use crate::jwks::{KeyMaterial, KeySet, PublicKey};
-use crate::principal::{Audience, Principal, PrincipalKind, ScopeClaim};
+use crate::jws::{FormError, Jws};
+use crate::principal::{Principal, PrincipalKind};
 use crate::rejection::Rejection;
 
 /// The claim rules a token must meet.
@@ -107,65 +107,32 @@ impl From<JwtError> for Rejection {
     }
 }
 
-/// JOSE header fields jwt-compact does not model but we must see.
-#[derive(Debug, Clone, Default, Deserialize)]
-struct ExtraHeader {
-    crit: Option<serde_json::Value>,
+/// Whether `signature` over `input` verifies under `key` with jwt-compact's
+/// `algorithm` (the checks its validator makes, without re-reading the token).
+fn verifies<A: JwtAlgorithm>(algorithm: A, key: &A::VerifyingKey, input: &[u8], signature: &[u8]) -> bool {
+    if A::Signature::LENGTH.is_some_and(|length| length.get() != signature.len()) {
+        return false;
+    }
+    A::Signature::try_from_slice(signature).is_ok_and(|s| algorithm.verify_signature(&s, key, input))
 }
 
-#[derive(Debug, Deserialize)]
-struct AccessTokenClaims {
-    iss: Option<String>,
-    #[serde(default)]
-    aud: Option<Audience>,
-    #[serde(default)]
-    scope: Option<ScopeClaim>,
-    client_id: Option<String>,
-    sub: Option<String>,
-    client_db: Option<String>,
-    client_system_user: Option<String>,
-}
-
-/// Checks the signature with jwt-compact's `algorithm` and returns the
-/// claims. The token's `alg` was checked against the key's before.
-fn validated<A: jwt_compact::Algorithm>(
-    algorithm: A,
-    key: &A::VerifyingKey,
-    untrusted: &UntrustedToken<'_, ExtraHeader>,
-) -> Result<Claims<AccessTokenClaims>, JwtError> {
-    let token = algorithm
-        .validator::<AccessTokenClaims>(key)
-        .validate(untrusted)
-        .map_err(|e| match e {
-            ValidationError::MalformedClaims(_) => JwtError::MalformedClaims,
-            ValidationError::AlgorithmMismatch { .. } => JwtError::KeyAlgorithmMismatch,
-            // A signature of the wrong length, not a valid encoding, or
-            // that does not verify.
-            _ => JwtError::BadSignature,
-        })?;
-    Ok(token.into_parts().1)
-}
-
-/// The signature checked by the key, with the algorithm the key is bound to.
-fn verified_claims(
-    algorithm: Algorithm,
-    key: &PublicKey,
-    untrusted: &UntrustedToken<'_, ExtraHeader>,
-) -> Result<Claims<AccessTokenClaims>, JwtError> {
-    let rsa = |a: Rsa, key| validated(a, key, untrusted);
-    match (algorithm, key) {
+/// The signature checked by the key in the module, with the algorithm the
+/// key is bound to.
+fn verified_in_module(algorithm: Algorithm, key: &PublicKey, input: &[u8], signature: &[u8]) -> Result<bool, JwtError> {
+    let rsa = |a: Rsa, key| verifies(a, key, input, signature);
+    Ok(match (algorithm, key) {
         (Algorithm::Rs256, PublicKey::Rsa(key)) => rsa(Rsa::rs256(), key),
         (Algorithm::Rs384, PublicKey::Rsa(key)) => rsa(Rsa::rs384(), key),
         (Algorithm::Rs512, PublicKey::Rsa(key)) => rsa(Rsa::rs512(), key),
         (Algorithm::Ps256, PublicKey::Rsa(key)) => rsa(Rsa::ps256(), key),
         (Algorithm::Ps384, PublicKey::Rsa(key)) => rsa(Rsa::ps384(), key),
         (Algorithm::Ps512, PublicKey::Rsa(key)) => rsa(Rsa::ps512(), key),
-        (Algorithm::Es256, PublicKey::P256(key)) => validated(Es256, key, untrusted),
-        (Algorithm::EdDsa, PublicKey::Ed25519(key)) => validated(Ed25519, key, untrusted),
-        (Algorithm::Ed25519, PublicKey::Ed25519(key)) => validated(Ed25519::with_specific_name(), key, untrusted),
+        (Algorithm::Es256, PublicKey::P256(key)) => verifies(Es256, key, input, signature),
+        (Algorithm::EdDsa, PublicKey::Ed25519(key)) => verifies(Ed25519, key, input, signature),
+        (Algorithm::Ed25519, PublicKey::Ed25519(key)) => verifies(Ed25519::with_specific_name(), key, input, signature),
         // Keys are bound to an algorithm of their own kind when parsed.
-        _ => Err(JwtError::KeyAlgorithmMismatch),
-    }
+        _ => return Err(JwtError::KeyAlgorithmMismatch),
+    })
 }
 
 /// Verifies a JWT access token and returns who it speaks for.
@@ -192,25 +159,25 @@ pub fn verify_with(
     now: u64,
     host: Option<&dyn RsaHost>,
 ) -> Result<Verified, JwtError> {
-    let untrusted = UntrustedToken::<ExtraHeader>::try_from(token).map_err(|e| match e {
-        ParseError::InvalidTokenStructure => JwtError::NotAJwt,
-        ParseError::InvalidBase64Encoding => JwtError::NotBase64,
-        _ => JwtError::MalformedHeader,
+    let jws = Jws::parse(token).map_err(|e| match e {
+        FormError::NotThreeParts => JwtError::NotAJwt,
+        FormError::NotBase64 => JwtError::NotBase64,
+        FormError::MalformedHeader => JwtError::MalformedHeader,
     })?;
-    let alg = Algorithm::parse(untrusted.algorithm())
+    let header = &jws.header;
+    let alg = Algorithm::parse(&header.alg)
         .filter(|a| rules.algorithms.contains(a))
         .ok_or(JwtError::AlgorithmNotAllowed)?;
-    let header = untrusted.header();
-    if header.other_fields.crit.is_some() {
+    if header.crit.is_some() {
         return Err(JwtError::CriticalHeader);
     }
     if rules.require_at_jwt_typ {
-        let typ = header.token_type.as_deref().unwrap_or_default();
+        let typ = header.typ.as_deref().unwrap_or_default();
         if !typ.eq_ignore_ascii_case("at+jwt") && !typ.eq_ignore_ascii_case("application/at+jwt") {
             return Err(JwtError::NotAnAccessToken);
         }
     }
-    let kid = header.key_id.as_deref().ok_or(JwtError::NoKid)?;
+    let kid = header.kid.as_deref().ok_or(JwtError::NoKid)?;
     if keys.is_empty() {
         return Err(JwtError::NoKeys);
     }
@@ -218,50 +185,40 @@ pub fn verify_with(
     if key.algorithm != alg {
         return Err(JwtError::KeyAlgorithmMismatch);
     }
-    let signing_input = token.rsplit_once('.').map_or(token, |(input, _)| input);
-    let signature = untrusted.signature_bytes();
+    let (input, signature) = (jws.signing_input.as_bytes(), jws.signature.as_slice());
     // The algorithm was checked against the allow-list and the key above.
     let by_host = match (host, &key.spki) {
-        (Some(host), Some(spki)) if alg == Algorithm::Rs256 => {
-            host.verify_pkcs1_sha256(spki, signing_input.as_bytes(), signature)
-        }
+        (Some(host), Some(spki)) if alg == Algorithm::Rs256 => host.verify_pkcs1_sha256(spki, input, signature),
         _ => None,
     };
-    let claims: Claims<AccessTokenClaims> = match (by_host, &key.fast, alg) {
-        (Some(false), ..) => return Err(JwtError::BadSignature),
-        (Some(true), ..) => untrusted
-            .deserialize_claims_unchecked()
-            .map_err(|_| JwtError::MalformedClaims)?,
+    let valid = match (by_host, &key.fast) {
+        (Some(valid), _) => valid,
         // The module's own RS256: s^65537 mod n, vectorised for wasm.
-        (None, Some(fast), Algorithm::Rs256) => {
-            if !fast.verify(signing_input.as_bytes(), signature) {
-                return Err(JwtError::BadSignature);
-            }
-            untrusted
-                .deserialize_claims_unchecked()
-                .map_err(|_| JwtError::MalformedClaims)?
-        }
-        _ => verified_claims(alg, &key.key, &untrusted)?,
+        (None, Some(fast)) if alg == Algorithm::Rs256 => fast.verify(input, signature),
+        (None, _) => verified_in_module(alg, &key.key, input, signature)?,
     };
+    if !valid {
+        return Err(JwtError::BadSignature);
+    }
+    let claims = jws.claims().ok_or(JwtError::MalformedClaims)?;
     let now = i64::try_from(now).unwrap_or(i64::MAX);
     let skew = i64::try_from(rules.clock_skew_seconds).unwrap_or(0);
-    let exp = claims.expiration.ok_or(JwtError::NoExpiry)?.timestamp();
+    let exp = claims.exp.ok_or(JwtError::NoExpiry)?;
     if now > exp.saturating_add(skew) {
         return Err(JwtError::Expired);
     }
-    if let Some(nbf) = claims.not_before {
-        if nbf.timestamp() > now.saturating_add(skew) {
+    if let Some(nbf) = claims.nbf {
+        if nbf > now.saturating_add(skew) {
             return Err(JwtError::NotYetValid);
         }
     }
-    let custom = &claims.custom;
-    if !custom.iss.as_ref().is_some_and(|iss| rules.issuers.contains(iss)) {
+    if !claims.iss.as_ref().is_some_and(|iss| rules.issuers.contains(iss)) {
         return Err(JwtError::IssuerNotAccepted);
     }
-    if !custom.aud.as_ref().is_some_and(|aud| aud.any_in(rules.audiences)) {
+    if !claims.aud.as_ref().is_some_and(|aud| aud.any_in(rules.audiences)) {
         return Err(JwtError::AudienceNotAccepted);
     }
-    let custom = claims.custom;
+    let custom = claims;
     let principal = Principal {
         kind: PrincipalKind::Jwt,
         client_id: custom.client_id,
@@ -473,5 +430,11 @@ mod tests {
     fn malformed_claims_are_rejected() {
         let t = testkit::token_with(|_, c| c["exp"] = json!("tomorrow"));
         assert_eq!(invalid(&t), JwtError::MalformedClaims);
+    }
+
+    #[test]
+    fn claims_are_read_only_under_a_good_signature() {
+        let t = testkit::token_with(|_, c| c["exp"] = json!("tomorrow"));
+        assert_eq!(invalid(&testkit::flip_signature_byte(&t)), JwtError::BadSignature);
     }
 }

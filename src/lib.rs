@@ -47,6 +47,7 @@ mod header_map;
 mod host;
 mod introspection;
 mod jwks;
+mod jws;
 pub mod jwt;
 mod key_refresh;
 pub mod lint;
