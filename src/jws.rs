@@ -54,8 +54,8 @@ pub struct Header {
     _x5t_s256: Option<Thumbprint<32>>,
 }
 
-/// A token split and decoded; nothing in it is trusted yet.
-#[derive(Debug)]
+/// A token split and decoded; nothing in it is trusted yet. No `Debug`:
+/// it holds most of a bearer token.
 pub struct Jws<'a> {
     /// `header.claims`, the bytes the signature covers.
     pub signing_input: &'a str,

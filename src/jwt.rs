@@ -218,14 +218,13 @@ pub fn verify_with(
     if !claims.aud.as_ref().is_some_and(|aud| aud.any_in(rules.audiences)) {
         return Err(JwtError::AudienceNotAccepted);
     }
-    let custom = claims;
     let principal = Principal {
         kind: PrincipalKind::Jwt,
-        client_id: custom.client_id,
-        subject: custom.sub,
-        client_db: custom.client_db,
-        system_user: custom.client_system_user,
-        scopes: match custom.scope {
+        client_id: claims.client_id,
+        subject: claims.sub,
+        client_db: claims.client_db,
+        system_user: claims.client_system_user,
+        scopes: match claims.scope {
             Some(claim) => claim.into_scopes().map_err(|_| JwtError::MalformedScope)?,
             None => Vec::new(),
         },
