@@ -15,7 +15,10 @@
 //!
 //! Besides the issue's baselines, (h1) and (h2) run `bench/probe-filter`:
 //! a wasm filter that makes host calls and nothing else, to show what the
-//! host calls alone cost.
+//! host calls alone cost. (h2) and its kin add the identity headers the
+//! filter adds, names and values, as an echo upstream received them from
+//! the filter at the start of the run: the same calls with the same
+//! arguments.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -25,6 +28,7 @@ use std::process::Command;
 use serde_json::{json, Value};
 
 use crate::client;
+use crate::echo::Echo;
 use crate::envoy::{self, Envoy, EnvoyOptions};
 use crate::idp::{Idp, ReferenceKind};
 use crate::tokens::{self, Error};
@@ -86,6 +90,22 @@ pub fn run() -> Result<(), Error> {
     let one = idp.access_token(&["DomainApi", "read"]);
     let pat = idp.issue_reference(ReferenceKind::Pat, &["read"], 86_400);
     let jwks = idp.jwks();
+    let cached = filter_config(&jwks, 10_000, 30)?;
+    let jwt_calls = host_calls(&identity_headers(
+        &filter_wasm,
+        &cached,
+        idp.addr().port(),
+        &one,
+        "authorization",
+    )?);
+    let pat_calls = host_calls(&identity_headers(
+        &filter_wasm,
+        &cached,
+        idp.addr().port(),
+        &pat,
+        "x-api-key",
+    )?);
+    eprintln!("(h2) makes these calls, as the filter does for (j1):\n{jwt_calls}\n(h2r), as for (r1):\n{pat_calls}");
     // j2 sends its pool round-robin: with a cache of a quarter of the pool,
     // a token is always evicted before it comes again (no hits).
     let no_hits = (pool / 4).max(1);
@@ -166,8 +186,8 @@ pub fn run() -> Result<(), Error> {
         },
         Scenario {
             name: "h2r",
-            what: "(h2) with (r1)'s request: the reference token in x-api-key",
-            filters: wasm_filter_raw(&probe_wasm, "rawmap\ntime\nadd 5\nmetric\nmetric") + &router(),
+            what: "(h2) with (r1)'s request and identity headers: the reference token in x-api-key",
+            filters: wasm_filter_raw(&probe_wasm, &pat_calls) + &router(),
             tokens: vec![pat.clone()],
             header: "x-api-key",
             expect: 200,
@@ -175,15 +195,15 @@ pub fn run() -> Result<(), Error> {
         Scenario {
             name: "r1",
             what: "this filter, one reference token repeated (cached)",
-            filters: wasm_filter(&filter_wasm, &filter_config(&jwks, 10_000, 30)?) + &router(),
+            filters: wasm_filter(&filter_wasm, &cached) + &router(),
             tokens: vec![pat],
             header: "x-api-key",
             expect: 200,
         },
         Scenario {
             name: "h2",
-            what: "wasm filter making this filter's host calls for a cached credential (read headers in place, clock, add 5, 2 counters)",
-            filters: wasm_filter_raw(&probe_wasm, "rawmap\ntime\nadd 5\nmetric\nmetric") + &router(),
+            what: "wasm filter making this filter's host calls for a cached JWT (read headers in place, clock, add (j1)'s identity headers, 2 counters)",
+            filters: wasm_filter_raw(&probe_wasm, &jwt_calls) + &router(),
             tokens: vec![one.clone()],
             header: "authorization",
             expect: 200,
@@ -191,7 +211,7 @@ pub fn run() -> Result<(), Error> {
         Scenario {
             name: "j1",
             what: "this filter, one valid JWT repeated",
-            filters: wasm_filter(&filter_wasm, &filter_config(&jwks, 10_000, 30)?) + &router(),
+            filters: wasm_filter(&filter_wasm, &cached) + &router(),
             tokens: vec![one.clone()],
             header: "authorization",
             expect: 200,
@@ -199,7 +219,7 @@ pub fn run() -> Result<(), Error> {
         Scenario {
             name: "j1l",
             what: "(j1) with access_log_fields (the shipped setting)",
-            filters: wasm_filter(&filter_wasm, &with_access_log(filter_config(&jwks, 10_000, 30)?)) + &router(),
+            filters: wasm_filter(&filter_wasm, &with_access_log(cached.clone())) + &router(),
             tokens: vec![one.clone()],
             header: "authorization",
             expect: 200,
@@ -207,7 +227,15 @@ pub fn run() -> Result<(), Error> {
         Scenario {
             name: "h2l",
             what: "(h2) and the four filter-state values `access_log_fields` sets",
-            filters: wasm_filter_raw(&probe_wasm, "rawmap\ntime\nadd 5\nmetric\nmetric\nprop 4") + &router(),
+            filters: wasm_filter_raw(&probe_wasm, &format!("{jwt_calls}\nprop 4")) + &router(),
+            tokens: vec![one.clone()],
+            header: "authorization",
+            expect: 200,
+        },
+        Scenario {
+            name: "h2n",
+            what: "(h2) adding five made-up headers (`x-probe-a`: `some-value`) instead of the filter's",
+            filters: wasm_filter_raw(&probe_wasm, "rawmap\ntime\nadd 5\nmetric\nmetric") + &router(),
             tokens: vec![one.clone()],
             header: "authorization",
             expect: 200,
@@ -235,7 +263,7 @@ pub fn run() -> Result<(), Error> {
     };
     let mut setups = Vec::new();
     for s in &scenarios {
-        let yaml = bench_yaml(&s.filters, idp.addr().port());
+        let yaml = bench_yaml(&s.filters, idp.addr().port(), None);
         let tokens_file = out_dir.join(format!("{}.tokens", s.name));
         fs::write(&tokens_file, s.tokens.join("\n"))?;
         setups.push((yaml, tokens_file));
@@ -453,7 +481,74 @@ fn jwt_authn(jwks: &Value, cache: bool) -> String {
     )
 }
 
-fn bench_yaml(filters: &str, identity_port: u16) -> String {
+/// The identity headers the filter adds for `token` sent in `header`, as
+/// an echo upstream receives them (in the order the filter adds them).
+fn identity_headers(
+    filter_wasm: &Path,
+    config: &Value,
+    identity_port: u16,
+    token: &str,
+    header: &str,
+) -> Result<Vec<(String, String)>, Error> {
+    let echo = Echo::start("127.0.0.1:0")?;
+    let options = EnvoyOptions {
+        filter_debug: false,
+        ..EnvoyOptions::default()
+    };
+    let yaml = bench_yaml(
+        &(wasm_filter(filter_wasm, config) + &router()),
+        identity_port,
+        Some(echo.addr().port()),
+    );
+    let envoy = Envoy::start(&yaml, &options)?;
+    let value = if header == "authorization" {
+        format!("Bearer {token}")
+    } else {
+        token.to_string()
+    };
+    let r = client::request(envoy.listener, "GET", PATH, &[(header, &value)], b"")?;
+    let added: Vec<(String, String)> = echo
+        .take()
+        .into_iter()
+        .last()
+        .map(|seen| {
+            seen.headers
+                .into_iter()
+                .filter(|(n, _)| n.starts_with("x-erp-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if r.status != 200 || added.is_empty() {
+        return Err(format!(
+            "the filter added no identity headers for the {header} token: {} {}",
+            r.status,
+            r.text()
+        )
+        .into());
+    }
+    Ok(added)
+}
+
+/// The probe's operations for the host calls the filter makes on a cached
+/// credential: read the headers in place, read the clock, add `headers`,
+/// count twice.
+fn host_calls(headers: &[(String, String)]) -> String {
+    let adds: String = headers.iter().map(|(n, v)| format!("header {n} {v}\n")).collect();
+    format!("rawmap\ntime\n{adds}metric\nmetric")
+}
+
+/// Envoy for one scenario: the route answers directly, or, with
+/// `upstream`, forwards to 127.0.0.1 on that port.
+fn bench_yaml(filters: &str, identity_port: u16, upstream: Option<u16>) -> String {
+    let (route, upstream_cluster) = match upstream {
+        None => (r#"direct_response: { status: 200, body: { inline_string: "ok" } }"#.to_string(), String::new()),
+        Some(port) => (
+            "route: { cluster: upstream }".to_string(),
+            format!(
+                "  - name: upstream\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: upstream\n      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}] }}]\n"
+            ),
+        ),
+    };
     format!(
         r#"admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
@@ -473,7 +568,7 @@ static_resources:
               domains: ["*"]
               routes:
               - match: {{ prefix: "/" }}
-                direct_response: {{ status: 200, body: {{ inline_string: "ok" }} }}
+                {route}
           http_filters:
 {filters}  clusters:
   - name: identity
@@ -482,7 +577,7 @@ static_resources:
     load_assignment:
       cluster_name: identity
       endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {identity_port} }} }} }} }}] }}]
-"#
+{upstream_cluster}"#
     )
 }
 
@@ -720,6 +815,18 @@ fn report(scenarios: &[Scenario], samples: &[Vec<Sample>], rounds: usize, second
         ("j1l", "h2l", "", "the same with access_log_fields"),
         ("j1l", "j1", "", "what the four access-log values cost"),
         ("j1", "a2", "", "a cached JWT against the do-nothing filter"),
+        (
+            "h2",
+            "h2n",
+            "",
+            "the filter's identity headers against five made-up ones",
+        ),
+        (
+            "j1",
+            "h2n",
+            "",
+            "a cached JWT against (h2n), the baseline of earlier runs",
+        ),
         ("h1", "a2", "", "reading one header"),
     ];
     let _ = writeln!(

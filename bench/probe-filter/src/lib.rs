@@ -1,5 +1,5 @@
 //! Makes, per request, the host calls its configuration lists (one per
-//! line): `map`, `rawmap`, `get NAME`, `add N`, `time`, `metric`, `prop N`. Measured against the
+//! line): `map`, `rawmap`, `get NAME`, `add N`, `header NAME VALUE`, `time`, `metric`, `prop N`. Measured against the
 //! do-nothing filter, this is what each host call costs a request.
 
 #[cfg(target_arch = "wasm32")]
@@ -21,6 +21,8 @@ mod probe {
         RawMap,
         Get(String),
         Add(usize),
+        /// Adds this header, as the filter adds an identity header.
+        Header(String, String),
         Time,
         Metric,
         /// Reads the whole map and writes it back with N more headers.
@@ -48,6 +50,10 @@ mod probe {
                     "rawmap" => Op::RawMap,
                     "get" => Op::Get(arg.to_string()),
                     "add" => Op::Add(arg.parse().unwrap_or(1)),
+                    "header" => {
+                        let (name, value) = arg.split_once(' ').unwrap_or((arg, ""));
+                        Op::Header(name.to_string(), value.to_string())
+                    }
                     "time" => Op::Time,
                     "metric" => Op::Metric,
                     "replace" => Op::Replace(arg.parse().unwrap_or(1)),
@@ -122,6 +128,9 @@ mod probe {
                         for name in NAMES.iter().cycle().take(*n) {
                             let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, "some-value");
                         }
+                    }
+                    Op::Header(name, value) => {
+                        let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
                     }
                     Op::Time => sink += hostcalls::get_current_time().map_or(0, |_| 1),
                     Op::Replace(n) => {
