@@ -532,13 +532,13 @@ pub fn shared_state(data: &[u8]) {
         }
         2 => {
             store.set("fuzz.jwks.state", value, None);
-            let claimed = sync.claimed(&store);
+            let fetches = sync.fetches(&store);
             let _ = sync.may_force(&store, now_ms);
             let _ = sync.is_stale(&store, now_ms);
             // In flight wins over anything fetched: a waiter never decides
             // while a fetch it could use is running.
-            if sync.in_flight(&store, now_ms) {
-                assert_eq!(sync.wait_state(&store, claimed, now_ms), KeyWait::InFlight);
+            if fetches.in_flight(now_ms) {
+                assert_eq!(fetches.wait_state(fetches.claimed, now_ms), KeyWait::InFlight);
             }
         }
         _ => {

@@ -88,6 +88,13 @@ impl MemoryStore {
         self.map.borrow().len()
     }
 
+    /// A copy, to run something against without touching this store.
+    pub fn snapshot(&self) -> Self {
+        Self {
+            map: std::cell::RefCell::new(self.map.borrow().clone()),
+        }
+    }
+
     /// Every key and value, for tests that look for leaks.
     pub fn entries(&self) -> Vec<(String, Vec<u8>)> {
         self.map

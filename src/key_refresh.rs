@@ -202,6 +202,23 @@ impl FetchState {
         v
     }
 
+    /// Whether a fetch is in flight at `now_ms`.
+    pub fn in_flight(&self, now_ms: u64) -> bool {
+        self.in_flight_until_ms > now_ms
+    }
+
+    /// Where the fetches stand for a request that arrived when `seen`
+    /// fetches had been claimed.
+    pub fn wait_state(&self, seen: u64, now_ms: u64) -> KeyWait {
+        if self.in_flight(now_ms) {
+            KeyWait::InFlight
+        } else if self.completed > seen {
+            KeyWait::Fetched { ok: self.failures == 0 }
+        } else {
+            KeyWait::Idle
+        }
+    }
+
     fn decode(v: &[u8]) -> Option<Self> {
         if v.len() != Self::BYTES {
             return None;
@@ -268,30 +285,14 @@ impl KeySync {
         (value.as_deref().and_then(FetchState::decode).unwrap_or_default(), cas)
     }
 
-    /// Whether a fetch is in flight now.
-    pub fn in_flight(&self, store: &dyn SharedStore, now_ms: u64) -> bool {
-        self.state(store).0.in_flight_until_ms > now_ms
-    }
-
-    /// How many fetches have been claimed: a request waiting for keys
-    /// notes it when it arrives.
-    pub fn claimed(&self, store: &dyn SharedStore) -> u64 {
-        self.state(store).0.claimed
-    }
-
-    /// Where the fetches stand for a request that arrived when `seen`
-    /// fetches had been claimed.
-    pub fn wait_state(&self, store: &dyn SharedStore, seen: u64, now_ms: u64) -> KeyWait {
-        let state = self.state(store).0;
-        if state.in_flight_until_ms > now_ms {
-            KeyWait::InFlight
-        } else if state.completed > seen {
-            KeyWait::Fetched {
-                ok: state.failures == 0,
-            }
-        } else {
-            KeyWait::Idle
-        }
+    /// The fetch state now. A worker deciding from it reads it **before**
+    /// the published set: [`KeySync::finish`] publishes a set before it
+    /// records the fetch as completed, so whatever this state says has
+    /// completed is in the set read after it. Read the other way round,
+    /// another worker's fetch can complete in between, and a request sees
+    /// the old set with no fetch in flight (a 401 for a key just fetched).
+    pub fn fetches(&self, store: &dyn SharedStore) -> FetchState {
+        self.state(store).0
     }
 
     /// Whether an unknown `kid` may force a fetch now (the cooldown passed).

@@ -687,6 +687,8 @@ impl Worker {
             out.push(conclude(stream, verdict));
             return;
         };
+        // Before the set (see `KeySync::fetches`).
+        let fetches = sync.fetches(store);
         if self.refresh_keys(&sync, store, now) {
             let verdict = self.engine.finish_jwt(&pending, &self.keys, &mut self.memory, now.secs);
             if !is_unknown_key(&verdict) {
@@ -695,7 +697,7 @@ impl Worker {
             }
         }
         let waiting_already = self.force_key_fetch || self.fetching_keys || !self.key_waiters.is_empty();
-        if !waiting_already && !sync.in_flight(store, now.ms) {
+        if !waiting_already && !fetches.in_flight(now.ms) {
             if !sync.may_force(store, now.ms) {
                 log::debug!(
                     "erp-edge-validator: unknown kid within the cooldown (keys v{})",
@@ -711,7 +713,7 @@ impl Worker {
         self.key_waiters.push(KeyWaiter {
             stream,
             pending,
-            seen_fetches: sync.claimed(store),
+            seen_fetches: fetches.claimed,
             // Room for a fetch claimed on the next tick to time out and be
             // reported.
             deadline_ms: now
@@ -762,6 +764,9 @@ impl Worker {
     /// the requests that waited for keys.
     fn tick_keys(&mut self, now: Now, store: &dyn SharedStore, out: &mut Vec<Effect>) {
         let Some(sync) = self.key_sync.clone() else { return };
+        // Before the set (see `KeySync::fetches`): what it says has
+        // completed is in the keys the waiters are decided with.
+        let fetches = sync.fetches(store);
         self.refresh_keys(&sync, store, now);
         if let Some(good_ms) = sync.last_good_ms(store) {
             out.push(Effect::Record(
@@ -795,7 +800,7 @@ impl Worker {
                 stream: waiter.stream,
                 rejection: KEYS_UNAVAILABLE,
             };
-            let state = sync.wait_state(store, waiter.seen_fetches, now.ms);
+            let state = fetches.wait_state(waiter.seen_fetches, now.ms);
             log::debug!(
                 "erp-edge-validator: a request waiting for keys (v{}): {state:?}, seen {} fetches",
                 self.key_version,

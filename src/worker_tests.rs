@@ -7,6 +7,7 @@
 //! exactly one allow or one reply (the simulated host panics on a second),
 //! and nothing is allowed that the identity service would not allow.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -656,6 +657,141 @@ fn rotation_burst_every_request_is_allowed_whichever_worker_fetched() {
         }
         assert_eq!(host.count(Stat::JwksFetches), 2, "the first set and one forced fetch");
     }
+}
+
+/// Shared data as two Envoy worker threads see it: `writes` (another
+/// worker's, in its order) land right after this worker's first read of
+/// the published key set.
+struct Racing<'a> {
+    store: &'a MemoryStore,
+    writes: RefCell<Vec<(String, Vec<u8>)>>,
+}
+
+impl SharedStore for Racing<'_> {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        let value = self.store.get(key);
+        if key.ends_with(".jwks") {
+            for (k, v) in self.writes.take() {
+                self.store.set(&k, &v, None);
+            }
+        }
+        value
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        self.store.set(key, value, cas)
+    }
+}
+
+/// Shared data that records what is written to it, in order.
+struct Recording {
+    store: MemoryStore,
+    writes: RefCell<Vec<(String, Vec<u8>)>>,
+}
+
+impl SharedStore for Recording {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.store.get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        self.writes.borrow_mut().push((key.to_owned(), value.to_vec()));
+        self.store.set(key, value, cas)
+    }
+}
+
+impl Host {
+    /// Answers call `id` (the forced key fetch) on a copy of shared data
+    /// and returns what the fetching worker wrote, in order, for a
+    /// [`Racing`] store to land at the worst moment.
+    fn answer_aside(&mut self, id: CallId) -> Vec<(String, Vec<u8>)> {
+        let call = self.calls.remove(&id).expect("a call in flight");
+        let response = self.serve(&call.callout);
+        let now = self.now();
+        let aside = Recording {
+            store: self.store.snapshot(),
+            writes: RefCell::new(Vec::new()),
+        };
+        let effects = self.workers[call.worker].answered(id, &response, now, &aside);
+        self.run(call.worker, call.owner, effects);
+        let writes = aside.writes.take();
+        assert!(
+            writes.iter().any(|(k, _)| k.ends_with(".jwks")),
+            "the fetch published a set"
+        );
+        writes
+    }
+}
+
+/// Worker 0's forced fetch completes (set published, then the fetch
+/// recorded done) just after worker 1, on a request with the new `kid`,
+/// has read the old set: worker 1 must not conclude that no fetch is
+/// coming and refuse within the cooldown.
+#[test]
+fn a_fetch_completing_as_another_worker_reads_the_keys_is_not_a_401() {
+    let mut host = Host::new(2).with_keys();
+    host.rotated = true;
+    let first = host.request(0, rotated_token());
+    host.tick(0);
+    let id = *host.calls.keys().next().expect("the forced fetch");
+    let writes = host.answer_aside(id);
+    let stream = host.next_id;
+    host.next_id += 1;
+    host.streams.insert(
+        stream,
+        Stream {
+            worker: 1,
+            token: rotated_token().to_owned(),
+            method: "GET",
+            outcome: None,
+            gone: false,
+        },
+    );
+    let auth = format!("Bearer {}", rotated_token());
+    let headers = [("authorization", auth.as_str())];
+    let head = RequestHead {
+        method: "GET",
+        path: "/api/domain/odata/Customers",
+        headers: &headers,
+    };
+    let now = host.now();
+    let racing = Racing {
+        store: &host.store,
+        writes: RefCell::new(writes),
+    };
+    let effects = host.workers[1].request(stream, &head, now, &racing);
+    assert!(racing.writes.borrow().is_empty(), "the writes landed mid-request");
+    host.run(1, stream, effects);
+    host.settle();
+    assert_eq!(host.outcome(first), Some(Outcome::Allowed));
+    assert_eq!(host.outcome(stream), Some(Outcome::Allowed));
+    assert_eq!(host.count(Stat::JwksFetches), 2, "the first set and one forced fetch");
+}
+
+/// The same race on a tick: worker 1 holds a request that arrived while
+/// worker 0's fetch was in flight, and the fetch completes just after
+/// worker 1's tick has read the old set.
+#[test]
+fn a_fetch_completing_as_a_waiting_worker_ticks_is_not_a_401() {
+    let mut host = Host::new(2).with_keys();
+    host.rotated = true;
+    let first = host.request(0, rotated_token());
+    host.tick(0);
+    let id = *host.calls.keys().next().expect("the forced fetch");
+    let waiting = host.request(1, rotated_token());
+    assert_eq!(host.outcome(waiting), None, "a fetch is in flight: it waits");
+    let writes = host.answer_aside(id);
+    let now = host.now();
+    let racing = Racing {
+        store: &host.store,
+        writes: RefCell::new(writes),
+    };
+    let effects = host.workers[1].tick(now, &racing);
+    assert!(racing.writes.borrow().is_empty(), "the writes landed mid-tick");
+    host.run(1, Host::root(1), effects);
+    host.settle();
+    assert_eq!(host.outcome(first), Some(Outcome::Allowed));
+    assert_eq!(host.outcome(waiting), Some(Outcome::Allowed));
 }
 
 #[test]
