@@ -667,6 +667,20 @@ struct Racing<'a> {
     writes: RefCell<Vec<(String, Vec<u8>)>>,
 }
 
+impl<'a> Racing<'a> {
+    fn new(store: &'a MemoryStore, writes: Vec<(String, Vec<u8>)>) -> Self {
+        Self {
+            store,
+            writes: RefCell::new(writes),
+        }
+    }
+
+    /// Whether the other worker's writes have landed.
+    fn landed(&self) -> bool {
+        self.writes.borrow().is_empty()
+    }
+}
+
 impl SharedStore for Racing<'_> {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         let value = self.store.get(key);
@@ -755,12 +769,9 @@ fn a_fetch_completing_as_another_worker_reads_the_keys_is_not_a_401() {
         headers: &headers,
     };
     let now = host.now();
-    let racing = Racing {
-        store: &host.store,
-        writes: RefCell::new(writes),
-    };
+    let racing = Racing::new(&host.store, writes);
     let effects = host.workers[1].request(stream, &head, now, &racing);
-    assert!(racing.writes.borrow().is_empty(), "the writes landed mid-request");
+    assert!(racing.landed(), "the writes landed mid-request");
     host.run(1, stream, effects);
     host.settle();
     assert_eq!(host.outcome(first), Some(Outcome::Allowed));
@@ -782,12 +793,9 @@ fn a_fetch_completing_as_a_waiting_worker_ticks_is_not_a_401() {
     assert_eq!(host.outcome(waiting), None, "a fetch is in flight: it waits");
     let writes = host.answer_aside(id);
     let now = host.now();
-    let racing = Racing {
-        store: &host.store,
-        writes: RefCell::new(writes),
-    };
+    let racing = Racing::new(&host.store, writes);
     let effects = host.workers[1].tick(now, &racing);
-    assert!(racing.writes.borrow().is_empty(), "the writes landed mid-tick");
+    assert!(racing.landed(), "the writes landed mid-tick");
     host.run(1, Host::root(1), effects);
     host.settle();
     assert_eq!(host.outcome(first), Some(Outcome::Allowed));

@@ -91,20 +91,12 @@ pub fn run() -> Result<(), Error> {
     let pat = idp.issue_reference(ReferenceKind::Pat, &["read"], 86_400);
     let jwks = idp.jwks();
     let cached = filter_config(&jwks, 10_000, 30)?;
-    let jwt_calls = host_calls(&identity_headers(
-        &filter_wasm,
-        &cached,
-        idp.addr().port(),
-        &one,
-        "authorization",
-    )?);
-    let pat_calls = host_calls(&identity_headers(
-        &filter_wasm,
-        &cached,
-        idp.addr().port(),
-        &pat,
-        "x-api-key",
-    )?);
+    // What the filter does for a cached credential, learned from the filter.
+    let calls_for = |token: &str, header: &str| {
+        identity_headers(&filter_wasm, &cached, idp.addr().port(), token, header).map(|h| host_calls(&h))
+    };
+    let jwt_calls = calls_for(&one, "authorization")?;
+    let pat_calls = calls_for(&pat, "x-api-key")?;
     eprintln!("(h2) makes these calls, as the filter does for (j1):\n{jwt_calls}\n(h2r), as for (r1):\n{pat_calls}");
     // j2 sends its pool round-robin: with a cache of a quarter of the pool,
     // a token is always evicted before it comes again (no hits).
