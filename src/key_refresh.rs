@@ -295,6 +295,12 @@ impl KeySync {
         self.state(store).0
     }
 
+    /// Whether a fetch has been claimed since `snapshot` was read: one a
+    /// request that saw the snapshot may still wait for.
+    pub fn claimed_since(&self, store: &dyn SharedStore, snapshot: &FetchState) -> bool {
+        self.fetches(store).claimed != snapshot.claimed
+    }
+
     /// Whether an unknown `kid` may force a fetch now (the cooldown passed).
     pub fn may_force(&self, store: &dyn SharedStore, now_ms: u64) -> bool {
         let state = self.state(store).0;

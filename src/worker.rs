@@ -697,7 +697,9 @@ impl Worker {
             }
         }
         let waiting_already = self.force_key_fetch || self.fetching_keys || !self.key_waiters.is_empty();
-        if !waiting_already && !fetches.in_flight(now.ms) {
+        // A fetch another worker claimed since the snapshot may bring the
+        // key: wait for it (it counts as one the request may trust).
+        if !waiting_already && !fetches.in_flight(now.ms) && !sync.claimed_since(store, &fetches) {
             if !sync.may_force(store, now.ms) {
                 log::debug!(
                     "erp-edge-validator: unknown kid within the cooldown (keys v{})",
@@ -813,6 +815,8 @@ impl Worker {
                 _ if now.ms >= waiter.deadline_ms => out.push(unavailable),
                 KeyWait::InFlight => still_waiting.push(waiter),
                 KeyWait::Idle if forced || self.fetching_keys => still_waiting.push(waiter),
+                // Claimed since the snapshot: the next tick decides.
+                KeyWait::Idle if sync.claimed_since(store, &fetches) => still_waiting.push(waiter),
                 KeyWait::Idle if sync.may_force(store, now.ms) => {
                     self.force_key_fetch = true;
                     still_waiting.push(waiter);

@@ -212,6 +212,19 @@ impl Host {
     }
 
     fn request_with(&mut self, w: usize, method: &'static str, token: &str) -> ContextId {
+        self.request_racing(w, method, token, Vec::new())
+    }
+
+    /// A request on worker `w` during which another worker's `writes`
+    /// land, right after this one reads the published key set (see
+    /// [`Racing`]).
+    fn request_racing(
+        &mut self,
+        w: usize,
+        method: &'static str,
+        token: &str,
+        writes: Vec<(String, Vec<u8>)>,
+    ) -> ContextId {
         let id = self.next_id;
         self.next_id += 1;
         self.streams.insert(
@@ -232,7 +245,9 @@ impl Host {
             headers: &headers,
         };
         let now = self.now();
-        let effects = self.workers[w].request(id, &head, now, &self.store);
+        let racing = Racing::new(&self.store, writes);
+        let effects = self.workers[w].request(id, &head, now, &racing);
+        assert!(racing.landed(), "the other worker's writes landed mid-request");
         self.run(w, id, effects);
         id
     }
@@ -242,8 +257,16 @@ impl Host {
     }
 
     fn tick(&mut self, w: usize) {
+        self.tick_racing(w, Vec::new());
+    }
+
+    /// A tick of worker `w` during which another worker's `writes` land
+    /// (see [`Racing`]).
+    fn tick_racing(&mut self, w: usize, writes: Vec<(String, Vec<u8>)>) {
         let now = self.now();
-        let effects = self.workers[w].tick(now, &self.store);
+        let racing = Racing::new(&self.store, writes);
+        let effects = self.workers[w].tick(now, &racing);
+        assert!(racing.landed(), "the other worker's writes landed mid-tick");
         self.run(w, Self::root(w), effects);
     }
 
@@ -715,25 +738,38 @@ impl SharedStore for Recording {
 }
 
 impl Host {
-    /// Answers call `id` (the forced key fetch) on a copy of shared data
-    /// and returns what the fetching worker wrote, in order, for a
-    /// [`Racing`] store to land at the worst moment.
-    fn answer_aside(&mut self, id: CallId) -> Vec<(String, Vec<u8>)> {
-        let call = self.calls.remove(&id).expect("a call in flight");
-        let response = self.serve(&call.callout);
-        let now = self.now();
+    /// Runs `event` on worker `w` against a copy of shared data and
+    /// returns what it wrote there, in order, for a [`Racing`] store to
+    /// land at the worst moment. Its effects (a dispatch) go to the host.
+    fn aside(
+        &mut self,
+        w: usize,
+        from: ContextId,
+        event: impl FnOnce(&mut Worker, &dyn SharedStore) -> Vec<Effect>,
+    ) -> Vec<(String, Vec<u8>)> {
         let aside = Recording {
             store: self.store.snapshot(),
             writes: RefCell::new(Vec::new()),
         };
-        let effects = self.workers[call.worker].answered(id, &response, now, &aside);
-        self.run(call.worker, call.owner, effects);
-        let writes = aside.writes.take();
-        assert!(
-            writes.iter().any(|(k, _)| k.ends_with(".jwks")),
-            "the fetch published a set"
-        );
-        writes
+        let effects = event(&mut self.workers[w], &aside);
+        self.run(w, from, effects);
+        aside.writes.take()
+    }
+
+    /// Worker `w`'s tick, its writes held back (see [`Host::aside`]).
+    fn tick_aside(&mut self, w: usize) -> Vec<(String, Vec<u8>)> {
+        let now = self.now();
+        self.aside(w, Self::root(w), |worker, store| worker.tick(now, store))
+    }
+
+    /// The answer to call `id`, its writes held back (see [`Host::aside`]).
+    fn answer_aside(&mut self, id: CallId) -> Vec<(String, Vec<u8>)> {
+        let call = self.calls.remove(&id).expect("a call in flight");
+        let response = self.serve(&call.callout);
+        let now = self.now();
+        self.aside(call.worker, call.owner, |worker, store| {
+            worker.answered(id, &response, now, store)
+        })
     }
 }
 
@@ -749,30 +785,11 @@ fn a_fetch_completing_as_another_worker_reads_the_keys_is_not_a_401() {
     host.tick(0);
     let id = *host.calls.keys().next().expect("the forced fetch");
     let writes = host.answer_aside(id);
-    let stream = host.next_id;
-    host.next_id += 1;
-    host.streams.insert(
-        stream,
-        Stream {
-            worker: 1,
-            token: rotated_token().to_owned(),
-            method: "GET",
-            outcome: None,
-            gone: false,
-        },
+    assert!(
+        writes.iter().any(|(k, _)| k.ends_with(".jwks")),
+        "the fetch published a set"
     );
-    let auth = format!("Bearer {}", rotated_token());
-    let headers = [("authorization", auth.as_str())];
-    let head = RequestHead {
-        method: "GET",
-        path: "/api/domain/odata/Customers",
-        headers: &headers,
-    };
-    let now = host.now();
-    let racing = Racing::new(&host.store, writes);
-    let effects = host.workers[1].request(stream, &head, now, &racing);
-    assert!(racing.landed(), "the writes landed mid-request");
-    host.run(1, stream, effects);
+    let stream = host.request_racing(1, "GET", rotated_token(), writes);
     host.settle();
     assert_eq!(host.outcome(first), Some(Outcome::Allowed));
     assert_eq!(host.outcome(stream), Some(Outcome::Allowed));
@@ -792,13 +809,51 @@ fn a_fetch_completing_as_a_waiting_worker_ticks_is_not_a_401() {
     let waiting = host.request(1, rotated_token());
     assert_eq!(host.outcome(waiting), None, "a fetch is in flight: it waits");
     let writes = host.answer_aside(id);
-    let now = host.now();
-    let racing = Racing::new(&host.store, writes);
-    let effects = host.workers[1].tick(now, &racing);
-    assert!(racing.landed(), "the writes landed mid-tick");
-    host.run(1, Host::root(1), effects);
+    host.tick_racing(1, writes);
     host.settle();
     assert_eq!(host.outcome(first), Some(Outcome::Allowed));
+    assert_eq!(host.outcome(waiting), Some(Outcome::Allowed));
+}
+
+/// Worker 0 claims a forced fetch just after worker 1, on a request with
+/// the new `kid`, has read the old set: the cooldown that claim starts
+/// must not refuse worker 1's request, which waits for the fetch instead.
+#[test]
+fn a_fetch_claimed_as_another_worker_reads_the_keys_is_waited_for() {
+    let mut host = Host::new(2).with_keys();
+    host.rotated = true;
+    let first = host.request(0, rotated_token());
+    let writes = host.tick_aside(0);
+    assert_eq!(host.calls.len(), 1, "worker 0 claimed and sent the forced fetch");
+    let stream = host.request_racing(1, "GET", rotated_token(), writes);
+    assert_eq!(host.outcome(stream), None, "it waits for worker 0's fetch");
+    host.settle();
+    assert_eq!(host.outcome(first), Some(Outcome::Allowed));
+    assert_eq!(host.outcome(stream), Some(Outcome::Allowed));
+    assert_eq!(host.count(Stat::JwksFetches), 2, "the first set and one forced fetch");
+}
+
+/// The same on a tick: worker 1 holds a request no finished fetch has
+/// answered for, within the cooldown, and worker 0 claims its retry of a
+/// failed fetch just after worker 1's tick has read the set.
+#[test]
+fn a_fetch_claimed_as_a_waiting_worker_ticks_is_waited_for() {
+    let mut host = Host::new(2).with_keys();
+    host.service = Service::Fails;
+    host.request(0, rotated_token());
+    host.tick(0);
+    let id = *host.calls.keys().next().expect("the forced fetch");
+    let waiting = host.request(1, rotated_token());
+    // The fetch fails: worker 0 retries after 1 s; the cooldown runs 5 s.
+    host.answer(id);
+    host.advance(1_000);
+    host.service = Service::Truthful;
+    host.rotated = true;
+    let writes = host.tick_aside(0);
+    assert_eq!(host.calls.len(), 1, "worker 0 claimed and sent the retry");
+    host.tick_racing(1, writes);
+    assert_eq!(host.outcome(waiting), None, "it waits for worker 0's retry");
+    host.settle();
     assert_eq!(host.outcome(waiting), Some(Outcome::Allowed));
 }
 
