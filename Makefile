@@ -57,6 +57,7 @@ lint: toolchain
 	cargo clippy -p erp-edge-validator --features fuzzing --lib -- -D warnings
 	cargo clippy --target $(WASM_TARGET) -p erp-edge-validator -p noop-filter -p probe-filter --lib -- -D warnings
 	cargo clippy --target $(WASM_TARGET) -p erp-edge-validator --features chaos-trap --lib -- -D warnings
+	cargo clippy --target $(WASM_TARGET) -p erp-edge-validator --features warm-passes --lib -- -D warnings
 	cargo clippy --target $(WASM_TARGET) -p erp-edge-inspector --lib -- -D warnings
 
 # cargo-fuzz from the registry, pinned. Its targets need unstable compiler
@@ -125,6 +126,7 @@ wrk:
 # another build, BENCH_PROBE=name=map+add 5 measures host calls.
 bench: build venv wrk
 	cargo build --release --target $(WASM_TARGET) -p noop-filter -p probe-filter
+	cargo build --release --target $(WASM_TARGET) -p erp-edge-validator --features warm-passes --target-dir target/warm
 	cargo build --release -p erp-devstack
 	target/release/erp-devstack bench
 
