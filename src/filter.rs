@@ -300,7 +300,7 @@ fn request_head<'a>(headers: &'a [(&'a str, &'a str)]) -> RequestHead<'a> {
 
 /// How many times a `warm-passes` build repeats a request's work.
 #[cfg(feature = "warm-passes")]
-pub const WARM_PASSES: usize = 8;
+pub const WARM_PASSES: usize = 32;
 
 /// A bench build's extra work (`warm-passes`, never in the shipped
 /// filter): the filter's own work for the request, from reading the header

@@ -211,7 +211,7 @@ pub fn run() -> Result<(), Error> {
         },
         Scenario {
             name: "j1w",
-            what: "(j1) doing its own work for each request 9 times: 8 extra passes, warm, with no host call (`warm-passes` build)",
+            what: "(j1) doing its own work for each request 33 times: 32 extra passes, warm, with no host call (`warm-passes` build)",
             filters: wasm_filter(&warm_wasm, &cached) + &router(),
             tokens: vec![one.clone()],
             header: "authorization",
@@ -751,7 +751,7 @@ fn paired(scenarios: &[Scenario], samples: &[Vec<Sample>], x: &str, y: &str, mea
 
 /// The extra passes of the `warm-passes` build (`WARM_PASSES` in the
 /// filter's src/filter.rs).
-const WARM_PASSES: f64 = 8.0;
+const WARM_PASSES: f64 = 32.0;
 
 /// x's speed as a fraction of y's, by scenario name.
 type Ratio<'a> = dyn Fn(&str, &str) -> f64 + 'a;
