@@ -98,6 +98,12 @@ impl Shared {
         action
     }
 
+    /// The client-sent copies of identity headers in `headers`: never
+    /// passed on.
+    fn client_copies(&self, headers: &[(&str, &str)]) -> Vec<String> {
+        self.worker.borrow().config().identity_headers.client_copies(headers)
+    }
+
     /// Hands an event, handled in context `from`, to the worker and
     /// carries out what it returns.
     fn run(
@@ -271,7 +277,7 @@ impl HttpContext for Http {
             return Action::Pause;
         };
         // Client-sent identity headers never reach the upstream.
-        let copies: Vec<String> = shared.worker.borrow().config().identity_headers.client_copies(&headers);
+        let copies = shared.client_copies(&headers);
         for name in &copies {
             if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None) {
                 log::error!("erp-edge-validator: cannot remove header {name}: {status:?}");
@@ -300,7 +306,7 @@ fn request_head<'a>(headers: &'a [(&'a str, &'a str)]) -> RequestHead<'a> {
 
 /// How many times a `warm-passes` build repeats a request's work.
 #[cfg(feature = "warm-passes")]
-pub const WARM_PASSES: usize = 32;
+const WARM_PASSES: usize = 32;
 
 /// A bench build's extra work (`warm-passes`, never in the shipped
 /// filter): the filter's own work for the request, from reading the header
@@ -316,7 +322,7 @@ fn warm_passes(shared: &Shared, raw: Option<&[u8]>, stream: ContextId, clock: Op
         let Some(headers) = std::hint::black_box(raw).and_then(header_map::pairs) else {
             return;
         };
-        let copies: Vec<String> = shared.worker.borrow().config().identity_headers.client_copies(&headers);
+        let copies = shared.client_copies(&headers);
         let effects = shared
             .worker
             .borrow_mut()

@@ -211,7 +211,10 @@ pub fn run() -> Result<(), Error> {
         },
         Scenario {
             name: "j1w",
-            what: "(j1) doing its own work for each request 33 times: 32 extra passes, warm, with no host call (`warm-passes` build)",
+            what: leak(format!(
+                "(j1) doing its own work for each request {} times: {WARM_PASSES} extra passes, warm, with no host call (`warm-passes` build)",
+                WARM_PASSES + 1.0
+            )),
             filters: wasm_filter(&warm_wasm, &cached) + &router(),
             tokens: vec![one.clone()],
             header: "authorization",
