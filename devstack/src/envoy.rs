@@ -64,7 +64,8 @@ pub fn merge(base: &mut Value, patch: &Value) {
 pub struct Placeholders {
     pub bind_address: String,
     pub listen_port: u16,
-    /// Loopback, except inside the compose file's container.
+    /// Loopback everywhere (the compose stack's containers use the host's
+    /// network).
     pub admin_address: String,
     pub admin_port: u16,
     pub upstream_host: String,
@@ -178,21 +179,46 @@ pub fn render(placeholders: &Placeholders, filter_config: &Value) -> Result<Stri
     Ok(rendered)
 }
 
-/// The compose file's Envoy configuration (`envoy/envoy.compose.yaml`):
-/// the same template, with compose service names instead of loopback.
-pub fn render_compose() -> Result<String, Error> {
-    let config = shipped_filter_config()?;
+/// Where the compose stack listens, all on the host's loopback (its
+/// containers use host networking).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ComposePorts {
+    pub envoy: u16,
+    pub envoy_admin: u16,
+    pub idp: u16,
+    pub echo: u16,
+}
+
+/// The ports from `ENVOY_PORT`, `ENVOY_ADMIN_PORT`, `IDP_PORT` and
+/// `ECHO_PORT`, or their defaults (those of `make run`).
+pub fn compose_ports() -> Result<ComposePorts, Error> {
+    Ok(ComposePorts {
+        envoy: crate::ports::ENVOY.port()?,
+        envoy_admin: crate::ports::ENVOY_ADMIN.port()?,
+        idp: crate::ports::IDP.port()?,
+        echo: crate::ports::ECHO.port()?,
+    })
+}
+
+/// The compose stack's Envoy configuration: the same template, everything
+/// on loopback (admin included), the identity CA where the compose file
+/// mounts it; `patch` (RFC 7386) over the shipped filter configuration.
+/// `envoy/envoy.compose.yaml` is this for the default ports and no patch.
+pub fn render_compose(ports: &ComposePorts, patch: Option<&Value>) -> Result<String, Error> {
+    let mut config = shipped_filter_config()?;
+    if let Some(patch) = patch {
+        merge(&mut config, patch);
+    }
     render(
         &Placeholders {
-            bind_address: "0.0.0.0".into(),
-            listen_port: 10000,
-            // The container's interface; published on the host's loopback only.
-            admin_address: "0.0.0.0".into(),
-            admin_port: 9901,
-            upstream_host: "upstream".into(),
-            upstream_port: 9081,
-            identity_host: "idp".into(),
-            identity_port: 9080,
+            bind_address: "127.0.0.1".into(),
+            listen_port: ports.envoy,
+            admin_address: "127.0.0.1".into(),
+            admin_port: ports.envoy_admin,
+            upstream_host: "127.0.0.1".into(),
+            upstream_port: ports.echo,
+            identity_host: "127.0.0.1".into(),
+            identity_port: ports.idp,
             identity_tls: Some(IdentityTls {
                 ca_path: "/etc/erp-edge/identity-ca.pem".into(),
                 server_name: crate::tls::IDENTITY_NAME.into(),

@@ -10,6 +10,7 @@ pub mod echo;
 pub mod envoy;
 pub mod idp;
 pub mod pages;
+pub mod ports;
 pub mod server;
 pub mod soak;
 pub mod stack;

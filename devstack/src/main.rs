@@ -3,17 +3,20 @@
 //! ```text
 //! erp-devstack run              identity emulator + echo upstream + Envoy with the filter
 //! erp-devstack idp  [ADDR] [--ca-out FILE]
-//!                               the identity service emulator alone (default 127.0.0.1:9080):
-//!                               HTTPS with a fresh CA written to FILE, or plain HTTP
-//!                               (a development setting) without --ca-out
-//! erp-devstack echo [ADDR]      the echo upstream alone (default 127.0.0.1:9081)
-//! erp-devstack render-compose   print envoy/envoy.compose.yaml, rendered from the template
+//!                               the identity service emulator alone (default
+//!                               127.0.0.1:$IDP_PORT, 9080): HTTPS with a fresh CA written
+//!                               to FILE, or plain HTTP (a development setting) without --ca-out
+//! erp-devstack echo [ADDR]      the echo upstream alone (default 127.0.0.1:$ECHO_PORT, 9081)
+//! erp-devstack render-compose   print the compose stack's Envoy configuration, rendered from
+//!                               the template for the ports in the variables below
+//!                               (envoy/envoy.compose.yaml is the render for the defaults)
 //! erp-devstack bench            the benchmark behind `make bench` (see bench.rs)
 //! ```
 //!
 //! `run` listens on fixed ports so the printed commands work as pasted:
 //! Envoy on `$ENVOY_PORT` (10000), its admin on `$ENVOY_ADMIN_PORT` (9901),
 //! the emulator on `$IDP_PORT` (9080), the echo upstream on `$ECHO_PORT` (9081).
+//! A port that cannot be had is reported with its address and variable.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -21,14 +24,25 @@ use std::process::ExitCode;
 use erp_devstack::echo::Echo;
 use erp_devstack::envoy::{self, Envoy, EnvoyOptions, IdentityTls, Placeholders};
 use erp_devstack::idp::{self, Idp, ReferenceKind};
+use erp_devstack::ports::{self, ServicePort};
 use erp_devstack::stack;
 use erp_devstack::tls::{Authority, IDENTITY_NAME};
 use erp_devstack::tokens::Error;
 
-fn port(var: &str, default: u16) -> Result<u16, Error> {
-    match std::env::var(var) {
-        Ok(v) => Ok(v.parse().map_err(|_| format!("{var}={v} is not a port"))?),
-        Err(_) => Ok(default),
+/// The address to listen on: the one given, or loopback at the service's
+/// port; a failure to listen names the address (and the variable when the
+/// port came from it).
+fn listen<T>(
+    service: ServicePort,
+    given: Option<&String>,
+    start: impl FnOnce(&str) -> Result<T, Error>,
+) -> Result<T, Error> {
+    match given {
+        Some(addr) => start(addr).map_err(|e| format!("{} cannot listen on {addr}: {e}", service.service).into()),
+        None => {
+            let addr = service.loopback()?;
+            start(&addr).map_err(|e| service.explain(&addr, e))
+        }
     }
 }
 
@@ -36,12 +50,15 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("run") => run(),
-        Some("idp") => serve_idp(
-            args.get(1).map_or("127.0.0.1:9080", String::as_str),
-            args.iter().position(|a| a == "--ca-out").and_then(|i| args.get(i + 1)),
-        ),
-        Some("echo") => serve_echo(args.get(1).map_or("127.0.0.1:9081", String::as_str)),
-        Some("render-compose") => envoy::render_compose().map(|yaml| print!("{yaml}")),
+        Some("idp") => {
+            let ca_out = args.iter().position(|a| a == "--ca-out");
+            let addr = args.get(1).filter(|_| ca_out != Some(1));
+            serve_idp(addr, ca_out.and_then(|i| args.get(i + 1)))
+        }
+        Some("echo") => serve_echo(args.get(1)),
+        Some("render-compose") => envoy::compose_ports()
+            .and_then(|ports| envoy::render_compose(&ports, None))
+            .map(|yaml| print!("{yaml}")),
         Some("bench") => erp_devstack::bench::run(),
         Some("soak") => erp_devstack::soak::run(),
         Some("render-deploy") => erp_devstack::deploy::render().map(|files| {
@@ -80,22 +97,40 @@ fn inspect(addr: &str) -> Result<(), Error> {
 }
 
 fn park_forever() -> ! {
+    exit_on_sigterm();
     loop {
         std::thread::park();
     }
 }
 
-fn serve_idp(addr: &str, ca_out: Option<&String>) -> Result<(), Error> {
+/// As PID 1 in a container a signal without a handler does nothing, so
+/// `podman stop` / `docker stop` would wait out their grace period: stop at
+/// once on SIGTERM (nothing here needs flushing).
+fn exit_on_sigterm() {
+    extern "C" fn on_term(_: libc::c_int) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(0) }
+    }
+    // SAFETY: installs a handler that only calls an async-signal-safe function.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
+    }
+}
+
+fn serve_idp(addr: Option<&String>, ca_out: Option<&String>) -> Result<(), Error> {
     let _idp = match ca_out {
         Some(path) => {
             let authority = Authority::new("erp-devstack identity CA")?;
+            let server = authority.server(IDENTITY_NAME)?;
+            let idp = listen(ports::IDP, addr, |a| Idp::start_tls(a, server))?;
+            // Written once the port is held: whoever waits for the file
+            // (the compose stack) then finds the service listening.
             authority.write(std::path::Path::new(path))?;
-            let idp = Idp::start_tls(addr, authority.server(IDENTITY_NAME)?)?;
             eprintln!("identity service emulator on https://{} (CA in {path})", idp.addr());
             idp
         }
         None => {
-            let idp = Idp::start(addr)?;
+            let idp = listen(ports::IDP, addr, Idp::start)?;
             eprintln!(
                 "identity service emulator on http://{} (plaintext: development only)",
                 idp.addr()
@@ -106,8 +141,8 @@ fn serve_idp(addr: &str, ca_out: Option<&String>) -> Result<(), Error> {
     park_forever()
 }
 
-fn serve_echo(addr: &str) -> Result<(), Error> {
-    let echo = Echo::start(addr)?;
+fn serve_echo(addr: Option<&String>) -> Result<(), Error> {
+    let echo = listen(ports::ECHO, addr, Echo::start)?;
     eprintln!("echo upstream on http://{}", echo.addr());
     park_forever()
 }
@@ -120,18 +155,20 @@ fn run() -> Result<(), Error> {
     let authority = Authority::new("erp-devstack identity CA")?;
     let ca_path = envoy::repo_root().join(".run/identity-ca.pem");
     authority.write(&ca_path)?;
-    let idp = Idp::start_tls(
-        &format!("127.0.0.1:{}", port("IDP_PORT", 9080)?),
-        authority.server(IDENTITY_NAME)?,
-    )?;
-    let echo = Echo::start(&format!("127.0.0.1:{}", port("ECHO_PORT", 9081)?))?;
+    let server = authority.server(IDENTITY_NAME)?;
+    let idp = listen(ports::IDP, None, |a| Idp::start_tls(a, server))?;
+    let echo = listen(ports::ECHO, None, Echo::start)?;
+    // Envoy binds these itself: say which variable moves a taken one
+    // before Envoy fails on it with its own words.
+    ports::ENVOY.check_free()?;
+    ports::ENVOY_ADMIN.check_free()?;
     let config = stack::filter_config(None)?;
     let yaml = envoy::render(
         &Placeholders {
             bind_address: "127.0.0.1".into(),
-            listen_port: port("ENVOY_PORT", 10000)?,
+            listen_port: ports::ENVOY.port()?,
             admin_address: "127.0.0.1".into(),
-            admin_port: port("ENVOY_ADMIN_PORT", 9901)?,
+            admin_port: ports::ENVOY_ADMIN.port()?,
             upstream_host: "127.0.0.1".into(),
             upstream_port: echo.addr().port(),
             identity_host: "127.0.0.1".into(),
