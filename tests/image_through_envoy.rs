@@ -152,7 +152,7 @@ fn the_rendered_manifests_pin_the_image_and_carry_the_shipped_configuration() {
         .as_str()
         .unwrap()
         .ends_with(&format!("@{digest}")));
-    assert_eq!(wasm["code"]["sha256"], sha);
+    assert_eq!(wasm["code"]["image"]["sha256"], sha);
     assert_eq!(wasm["failOpen"], false);
     assert_eq!(wasm["config"], deploy::plugin_config("identity").unwrap());
     assert_eq!(gateway[1]["kind"], "EnvoyPatchPolicy");
