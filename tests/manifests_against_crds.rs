@@ -79,7 +79,7 @@ fn refused(file: &str, index: usize, name: &str, change: impl FnOnce(&mut Value)
     let mut docs = rendered_named(file);
     change(&mut docs[index]);
     let path = write(name, &docs);
-    let (passed, text) = validate(&[path.clone()]);
+    let (passed, text) = validate(std::slice::from_ref(&path));
     let _ = fs::remove_dir_all(path.parent().unwrap());
     assert!(!passed, "{name}: accepted:\n{text}");
     assert!(text.contains(expected), "{name}: expected `{expected}` in:\n{text}");
@@ -96,10 +96,10 @@ fn every_rendered_manifest_is_valid_against_its_crd() {
         "EnvoyExtensionPolicy",
         "EnvoyPatchPolicy",
     ] {
-        assert!(
-            text.contains(&format!("ok   ")) && text.contains(&format!("({kind} ")),
-            "{kind} not checked:\n{text}"
-        );
+        let checked = text
+            .lines()
+            .any(|l| l.starts_with("ok ") && l.contains(&format!("({kind} ")));
+        assert!(checked, "{kind} not checked:\n{text}");
     }
     assert!(text.contains("5 valid, 0 invalid"), "{text}");
 }
@@ -175,7 +175,7 @@ fn fields_under_preserve_unknown_fields_are_free() {
     let mut docs = rendered_named("istio/wasmplugin.yaml");
     docs[0]["spec"]["pluginConfig"]["anything"] = json!({"nested": [1, 2, 3]});
     let path = write("preserve-unknown", &docs);
-    let (passed, text) = validate(&[path.clone()]);
+    let (passed, text) = validate(std::slice::from_ref(&path));
     let _ = fs::remove_dir_all(path.parent().unwrap());
     assert!(passed, "{text}");
 }
