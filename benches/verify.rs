@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use erp_devstack::tokens::{self, SigningKey};
 use erp_edge_validator::config::Config;
+use erp_edge_validator::decision::verified_cache::Remembered;
 use erp_edge_validator::decision::{Engine, RequestHead, Step, Verdict};
 use erp_edge_validator::jwt;
-use erp_edge_validator::verified::Remembered;
 use rsa::pkcs1v15::{Signature, VerifyingKey};
 use rsa::signature::Verifier;
 use serde_json::json;

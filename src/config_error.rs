@@ -33,7 +33,7 @@ impl std::error::Error for ConfigError {}
 
 /// Checks `(field, ok, problem)` rows in order; the first failing row names
 /// its field under `section` (e.g. `introspection.timeout_ms`).
-pub fn check_fields(section: &str, rows: &[(&str, bool, &str)]) -> Result<(), ConfigError> {
+pub(crate) fn check_fields(section: &str, rows: &[(&str, bool, &str)]) -> Result<(), ConfigError> {
     match rows.iter().find(|(_, ok, _)| !ok) {
         Some((name, _, problem)) => Err(ConfigError::new(format!("{section}.{name}"), *problem)),
         None => Ok(()),

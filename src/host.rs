@@ -77,26 +77,26 @@ pub trait CalloutResponse {
 /// delete), for tests.
 #[cfg(any(test, feature = "fuzzing"))]
 #[derive(Debug, Default)]
-pub struct MemoryStore {
+pub(crate) struct MemoryStore {
     map: std::cell::RefCell<std::collections::HashMap<String, (Vec<u8>, u32)>>,
 }
 
 #[cfg(test)]
 impl MemoryStore {
     /// Number of keys ever written (shared data never shrinks).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map.borrow().len()
     }
 
     /// A copy, to run something against without touching this store.
-    pub fn snapshot(&self) -> Self {
+    pub(crate) fn snapshot(&self) -> Self {
         Self {
             map: std::cell::RefCell::new(self.map.borrow().clone()),
         }
     }
 
     /// Every key and value, for tests that look for leaks.
-    pub fn entries(&self) -> Vec<(String, Vec<u8>)> {
+    pub(crate) fn entries(&self) -> Vec<(String, Vec<u8>)> {
         self.map
             .borrow()
             .iter()
@@ -129,7 +129,7 @@ impl SharedStore for MemoryStore {
 
 /// A complete answer held in memory (tests, tools).
 #[cfg(test)]
-pub struct Answered {
+pub(crate) struct Answered {
     pub status: Option<String>,
     pub body: Vec<u8>,
 }

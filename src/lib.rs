@@ -1,74 +1,63 @@
 //! erp-edge-validator: an Envoy proxy-wasm filter that authenticates requests
 //! to ERP.net's Domain API at the edge.
 //!
-//! Everything but `filter` and `envoy_host` (the modules that import
-//! `proxy_wasm`, built only for wasm32) is pure Rust with no host calls, so
-//! the whole core builds and tests natively. The module map follows a
-//! request:
+//! A request's path through the crate, folder by folder:
 //!
-//! - `filter`: the host adapter. Reads the request head and the clock, hands
-//!   events to the worker, carries out the effects it returns; `envoy_host`
-//!   implements the core's ports (shared data, clock, RSA, stats, filter
-//!   state) as host calls.
-//! - `worker`: one worker's coordination as a state machine (events in,
-//!   effects out): callouts shared by waiting requests, claims across
-//!   workers, key fetches, ticks.
-//! - [`decision`]: one request's decision: a final `Verdict`, or a `Step`
-//!   that needs an introspection answer or fresh keys.
-//! - `credential` finds the token; `policy` says what the route needs;
-//!   [`jwt`], `jwks`, `rs256` and `monty` verify JWTs; `introspection`
-//!   and `cache` handle `enrt_` reference tokens; `key_refresh` fetches and
-//!   shares signing keys; [`verified`] is a worker's memory of verified
-//!   credentials; `principal` is who a credential speaks for and the
-//!   identity headers; `rejection` says no on the wire; `stats` names the
-//!   counters; [`access_log`] is how a request ended, for Envoy's access log.
-//! - Leaves: [`config`] and `config_error` (the configuration and how it
-//!   names a wrong field), `algorithm`, `endpoint` (the identity-service
-//!   endpoint fields both callouts use), `host` (the ports: shared data,
-//!   clock reading, callouts), `secret` (redacted secrets, token hashes).
+//! 1. [`envoy`]: Envoy hands the request head to the HTTP context
+//!    (`envoy/filter.rs`), which reads the clock once and passes both to
+//!    the worker. The only code that calls the host (`proxy_wasm`).
+//! 2. [`worker`]: one worker's state machine, events in and effects out:
+//!    introspection callouts shared by waiting requests
+//!    (`worker/introspection.rs`), signing keys fetched and picked up
+//!    (`worker/keys.rs`), and the access-log fields of how a request ended.
+//! 3. [`decision`]: one request, pure: the checks every request passes,
+//!    the one credential, the [`decision::Engine`] that decides, and the
+//!    memory of credentials already verified.
+//! 4. [`jwt`] verifies JWT access tokens (JWS form, JWKS, algorithms, RS256
+//!    and its Montgomery arithmetic, the remote key set); [`reference`]
+//!    asks about `enrt_` reference tokens (introspection, the shared cache).
+//! 5. [`rejection`] says no on the wire (RFC 6750), one place for every
+//!    reason; [`stats`] counts by the same reasons.
 //!
-//! The public modules are what benchmarks and tools outside the crate use.
+//! Below them, leaves every folder may use: [`config`] (assembled from each
+//! section's own type), `policy` (route rules → required scopes),
+//! `config_error` (the error that names a field), `endpoint` (the identity
+//! service's callout fields), `principal` (who a credential speaks for, the
+//! identity headers), `host` (the ports the core needs: shared data, clock,
+//! callouts, RSA), `secret` (redacted secrets, token hashes).
+//!
+//! Beside them, never in the filter: [`tools`] (explain and lint, feature
+//! `tools`, for the inspector), [`fuzzing`] (the fuzz targets' bodies,
+//! feature `fuzzing`) and `testing` (the unit tests' fixtures).
+//!
+//! Everything outside `envoy/filter.rs` and `envoy/ports.rs` is pure Rust
+//! and builds and tests natively.
 
-pub mod access_log;
-mod algorithm;
-mod cache;
+#![deny(unsafe_code)]
+#![warn(unreachable_pub)]
+
 pub mod config;
 mod config_error;
-mod credential;
 pub mod decision;
 mod endpoint;
-pub mod explain;
-// The wire format of a host call the Envoy glue (wasm32 only) makes.
-#[cfg_attr(not(all(target_arch = "wasm32", feature = "filter")), allow(dead_code))]
-mod foreign;
-// How the Envoy glue reads the request's headers, in place.
-#[cfg_attr(not(all(target_arch = "wasm32", feature = "filter")), allow(dead_code))]
-mod header_map;
-mod host;
-mod introspection;
-mod jwks;
-mod jws;
-pub mod jwt;
-mod key_refresh;
-pub mod lint;
-mod monty;
-mod policy;
-mod principal;
-mod rejection;
-mod rs256;
-mod secret;
-mod stats;
-pub mod verified;
-pub mod worker;
-
-#[cfg(all(target_arch = "wasm32", feature = "filter"))]
-mod envoy_host;
-#[cfg(all(target_arch = "wasm32", feature = "filter"))]
-mod filter;
-
+mod envoy;
 /// Fuzz-target bodies (`fuzz/`), replayed by the unit tests; never in the filter.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+mod host;
+pub mod jwt;
+mod policy;
+mod principal;
+mod reference;
+mod rejection;
+mod secret;
+mod stats;
+/// The unit tests' fixtures.
+#[cfg(test)]
+mod testing;
+#[cfg(any(test, feature = "tools"))]
+pub mod tools;
+pub mod worker;
 
 /// Verification needs no randomness; anything asking for it (the `rsa`
 /// crate's getrandom dependency) gets an error instead of a `wasm-bindgen`
@@ -79,9 +68,3 @@ fn no_randomness(_: &mut [u8]) -> Result<(), getrandom::Error> {
 }
 #[cfg(target_arch = "wasm32")]
 getrandom::register_custom_getrandom!(no_randomness);
-
-#[cfg(test)]
-mod testkit;
-
-#[cfg(test)]
-mod curve_tests;

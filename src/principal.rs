@@ -45,7 +45,7 @@ impl Default for IdentityHeaders {
 
 /// Whether a header name is `target` (lower-case, with dashes) to a
 /// framework that ignores case and reads `_` as `-`.
-pub fn same_header_name(name: &str, target: &str) -> bool {
+pub(crate) fn same_header_name(name: &str, target: &str) -> bool {
     name.len() == target.len()
         && name
             .bytes()
@@ -145,7 +145,7 @@ pub struct ClaimToHeader {
 /// strings as they are, numbers and booleans as JSON writes them, arrays of
 /// those joined by spaces. Absent, null, object or mixed values give no
 /// header.
-pub fn mapped_claims(root: &serde_json::Value, mappings: &[ClaimToHeader]) -> Vec<(String, String)> {
+pub(crate) fn mapped_claims(root: &serde_json::Value, mappings: &[ClaimToHeader]) -> Vec<(String, String)> {
     use serde_json::Value;
     let scalar = |v: &Value| match v {
         Value::String(s) => Some(s.clone()),
@@ -252,7 +252,7 @@ impl From<StringOrList> for ScopeClaim {
 
 /// RFC 6749 §3.3 scope-token characters: printable ASCII but space, `"`
 /// and `\`.
-pub fn is_scope_token(s: &str) -> bool {
+pub(crate) fn is_scope_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))

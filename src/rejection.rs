@@ -48,7 +48,7 @@ pub struct WireResponse {
 }
 
 /// Seconds a client is told to wait on 503.
-pub const RETRY_AFTER_SECONDS: u32 = 5;
+pub(crate) const RETRY_AFTER_SECONDS: u32 = 5;
 
 impl Rejection {
     /// The RFC 6750 error code, if the challenge carries one.

@@ -11,15 +11,15 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 
 /// SHA-256 of a token: the only form in which a token outlives its request.
-pub type TokenHash = [u8; 32];
+pub(crate) type TokenHash = [u8; 32];
 
-pub fn hash_token(token: &str) -> TokenHash {
+pub(crate) fn hash_token(token: &str) -> TokenHash {
     Sha256::digest(token.as_bytes()).into()
 }
 
 /// A short, non-reversible label for logs and the access log: the first 12
 /// hex digits of the SHA-256 (`printf %s "$TOKEN" | sha256sum | cut -c1-12`).
-pub fn fingerprint(hash: &TokenHash) -> String {
+pub(crate) fn fingerprint(hash: &TokenHash) -> String {
     hash[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -83,7 +83,7 @@ mod tests {
 
     #[test]
     fn fingerprint_is_short_and_not_the_token() {
-        let token = crate::testkit::EXAMPLE_PAT;
+        let token = crate::testing::EXAMPLE_PAT;
         let f = fingerprint(&hash_token(token));
         assert_eq!(f.len(), 12);
         assert!(!token.to_ascii_lowercase().contains(&f));

@@ -238,7 +238,7 @@ fn reason(rejection: &Rejection) -> Option<Stat> {
 }
 
 /// What a reference token the identity service does not vouch for is told.
-pub const INACTIVE: &str = "the token is not active";
+pub(crate) const INACTIVE: &str = "the token is not active";
 
 #[cfg(test)]
 mod tests {

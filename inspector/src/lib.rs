@@ -1,6 +1,6 @@
 //! The inspector: what the filter does with one request, and what in a
 //! configuration is probably not meant, told by the filter's own decision
-//! core ([`erp_edge_validator::explain`], [`erp_edge_validator::lint`]).
+//! core ([`erp_edge_validator::tools::explain`], [`erp_edge_validator::tools::lint`]).
 //!
 //! [`inspect`] takes and gives JSON, so the browser page (this crate built
 //! for wasm32 with `wasm-bindgen`) and the `erp-edge-validator` command use
@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use erp_edge_validator::explain::{self, Inputs, Trace};
-use erp_edge_validator::lint::{self, Warning};
+use erp_edge_validator::tools::explain::{self, Inputs, Trace};
+use erp_edge_validator::tools::lint::{self, Warning};
 use serde::{Deserialize, Serialize};
 
 /// What the page sends.

@@ -14,8 +14,8 @@
 use std::process::ExitCode;
 
 use erp_edge_inspector::{parse_headers, render, render_lint, trace_json};
-use erp_edge_validator::explain::{explain, Inputs};
-use erp_edge_validator::lint::lint;
+use erp_edge_validator::tools::explain::{explain, Inputs};
+use erp_edge_validator::tools::lint::lint;
 
 const USAGE: &str = "usage:
   erp-edge-validator explain --config FILE [--jwks FILE] [--now UNIX_SECONDS]

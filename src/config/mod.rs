@@ -6,13 +6,13 @@
 
 use serde::Deserialize;
 
-use crate::algorithm::Algorithm;
 use crate::config_error::ConfigError;
-use crate::introspection::IntrospectionConfig;
-use crate::jwks::KeySet;
-use crate::key_refresh::RemoteJwksConfig;
+use crate::jwt::algorithm::Algorithm;
+use crate::jwt::jwks::KeySet;
+use crate::jwt::key_sync::RemoteJwksConfig;
 use crate::policy::{Policy, RouteRule, UnmatchedRoutes};
 use crate::principal::{ClaimToHeader, IdentityHeaders};
+use crate::reference::introspection::IntrospectionConfig;
 
 /// The configuration as written by the operator.
 #[derive(Debug, Deserialize)]
@@ -381,7 +381,7 @@ fn non_empty_strings(field: &str, values: &[String]) -> Result<(), ConfigError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit;
+    use crate::testing as testkit;
     use serde_json::json;
 
     fn config_with(patch: impl FnOnce(&mut serde_json::Value)) -> Result<Config, ConfigError> {
@@ -531,12 +531,12 @@ mod readme_tests {
     use serde_json::{json, Value};
 
     use super::RawConfig;
-    use crate::introspection::IntrospectionConfig;
-    use crate::key_refresh::RemoteJwksConfig;
+    use crate::jwt::key_sync::RemoteJwksConfig;
     use crate::policy::RouteRule;
-    use crate::testkit;
+    use crate::reference::introspection::IntrospectionConfig;
+    use crate::testing as testkit;
 
-    const README: &str = include_str!("../README.md");
+    const README: &str = include_str!("../../README.md");
 
     /// The rows of the first table under `heading`: cells, backticks kept.
     fn table(heading: &str) -> Vec<Vec<String>> {

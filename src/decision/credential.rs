@@ -174,7 +174,7 @@ mod tests {
         find(headers.iter().copied(), keys, 8192)
     }
 
-    const PAT: &str = crate::testkit::EXAMPLE_PAT;
+    const PAT: &str = crate::testing::EXAMPLE_PAT;
 
     #[test]
     fn bearer_scheme_is_case_insensitive() {

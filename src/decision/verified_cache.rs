@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hasher};
 use std::rc::Rc;
 
-use crate::jwks::KeyMaterial;
+use crate::jwt::jwks::KeyMaterial;
 use crate::principal::Identity;
 
 /// Identities by token, each with an expiry. `Debug` shows sizes only:

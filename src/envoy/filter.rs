@@ -13,15 +13,15 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
-use crate::access_log::{self, Ending};
 use crate::config::{Config, RsaVerifier, DEFAULT_REALM};
 use crate::decision::{Allowed, RequestHead};
-use crate::envoy_host::{now, request_header_bytes, set_property, HostResponse, HostRsa, HostStore, Metrics};
-use crate::header_map;
+use crate::envoy::header_map;
+use crate::envoy::ports::{now, request_header_bytes, set_property, HostResponse, HostRsa, HostStore, Metrics};
 use crate::host::RsaHost;
+use crate::jwt::rs256;
 use crate::rejection::Rejection;
-use crate::rs256;
 use crate::stats::Stat;
+use crate::worker::access_log::{self, Ending};
 use crate::worker::{ContextId, Effect, Worker};
 
 proxy_wasm::main! {{

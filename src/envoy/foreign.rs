@@ -29,7 +29,7 @@ struct VerifySignatureResult {
 }
 
 /// The arguments of an RSASSA-PKCS1-v1_5 SHA-256 verification (RS256).
-pub fn rs256_arguments(spki_der: &[u8], text: &[u8], signature: &[u8]) -> Vec<u8> {
+pub(crate) fn rs256_arguments(spki_der: &[u8], text: &[u8], signature: &[u8]) -> Vec<u8> {
     prost::Message::encode_to_vec(&VerifySignatureArguments {
         hash_function: "sha256".into(),
         public_key: spki_der.to_vec(),
@@ -40,7 +40,7 @@ pub fn rs256_arguments(spki_der: &[u8], text: &[u8], signature: &[u8]) -> Vec<u8
 
 /// Whether the host said the signature is valid; `None` when its answer is
 /// not a result message.
-pub fn read_result(bytes: &[u8]) -> Option<bool> {
+pub(crate) fn read_result(bytes: &[u8]) -> Option<bool> {
     <VerifySignatureResult as prost::Message>::decode(bytes)
         .ok()
         .map(|r| r.result)

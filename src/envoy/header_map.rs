@@ -13,11 +13,11 @@
 
 /// Stands in for a name or value that is not UTF-8: no credential check
 /// accepts it, and no rule matches it.
-pub const NOT_TEXT: &str = "\u{fffd}";
+pub(crate) const NOT_TEXT: &str = "\u{fffd}";
 
 /// The pairs of a serialized header map, borrowed from `bytes`. An empty
 /// buffer is an empty map.
-pub fn pairs(bytes: &[u8]) -> Option<Vec<(&str, &str)>> {
+pub(crate) fn pairs(bytes: &[u8]) -> Option<Vec<(&str, &str)>> {
     if bytes.is_empty() {
         return Some(Vec::new());
     }

@@ -1,18 +1,18 @@
 //! The host's side of the ports the core defines, as proxy-wasm calls:
 //! shared data, the clock, Envoy's RSA verifier, a callout's answer, stats
-//! and filter state. Used only by [`crate::filter`].
+//! and filter state. Used only by [`crate::envoy::filter`].
 
 use std::time::UNIX_EPOCH;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType};
 
-use crate::foreign;
+use crate::envoy::foreign;
 use crate::host::{CalloutResponse, Now, RsaHost, SharedStore};
 use crate::stats::{Kind, Stat};
 
 /// Envoy's shared data, visible to every worker.
-pub struct HostStore;
+pub(super) struct HostStore;
 
 impl SharedStore for HostStore {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
@@ -25,7 +25,7 @@ impl SharedStore for HostStore {
 }
 
 /// The host clock, or `None` when it cannot be read (the worker then answers 503; no fallback time).
-pub fn now() -> Option<Now> {
+pub(super) fn now() -> Option<Now> {
     let elapsed = hostcalls::get_current_time().ok()?.duration_since(UNIX_EPOCH).ok()?;
     Some(Now {
         secs: elapsed.as_secs(),
@@ -34,7 +34,7 @@ pub fn now() -> Option<Now> {
 }
 
 /// Envoy's RSA verification (BoringSSL), through the `verify_signature` foreign function.
-pub struct HostRsa;
+pub(super) struct HostRsa;
 
 impl RsaHost for HostRsa {
     fn verify_pkcs1_sha256(&self, spki_der: &[u8], message: &[u8], signature: &[u8]) -> Option<bool> {
@@ -45,7 +45,7 @@ impl RsaHost for HostRsa {
 }
 
 /// The answer to the callout being delivered.
-pub struct HostResponse {
+pub(super) struct HostResponse {
     pub body_size: usize,
 }
 
@@ -65,10 +65,10 @@ impl CalloutResponse for HostResponse {
 }
 
 /// The counters of [`Stat`], in its order (none if Envoy refused one).
-pub struct Metrics(Vec<u32>);
+pub(super) struct Metrics(Vec<u32>);
 
 impl Metrics {
-    pub fn define() -> Self {
+    pub(super) fn define() -> Self {
         let kind = |s: Stat| [MetricType::Counter, MetricType::Gauge, MetricType::Histogram][s.kind() as usize];
         let define = |s: Stat| hostcalls::define_metric(kind(s), &format!("erp_edge_validator.{}", s.name()));
         Self(
@@ -81,7 +81,7 @@ impl Metrics {
     }
 
     /// Counts one (a counter) or records `value`. A stats failure must not change a decision.
-    pub fn count(&self, stat: Stat, value: u64) {
+    pub(super) fn count(&self, stat: Stat, value: u64) {
         if let Some(id) = self.0.get(stat as usize) {
             let _ = match stat.kind() {
                 Kind::Counter => hostcalls::increment_metric(*id, 1),
@@ -92,6 +92,7 @@ impl Metrics {
 }
 
 #[link(wasm_import_module = "env")]
+#[allow(unsafe_code)]
 extern "C" {
     // The SDK declares these imports too, but its wrappers panic (trap the
     // VM) on any status but Ok, and its map reader copies every header.
@@ -102,8 +103,9 @@ extern "C" {
 }
 
 /// The request's headers as the host serializes them (read with
-/// [`crate::header_map::pairs`]), or `None` when the host cannot give them.
-pub fn request_header_bytes() -> Option<Vec<u8>> {
+/// [`crate::envoy::header_map::pairs`]), or `None` when the host cannot give them.
+#[allow(unsafe_code)]
+pub(super) fn request_header_bytes() -> Option<Vec<u8>> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size: usize = 0;
     // SAFETY: the host writes a pointer and a length to the two live
@@ -126,7 +128,8 @@ pub fn request_header_bytes() -> Option<Vec<u8>> {
 /// Sets a property of the current stream (Envoy: filter state
 /// `wasm.<name>`, for the access log). Whether it took is ignored: a log
 /// field must not change a decision.
-pub fn set_property(name: &str, value: &str) {
+#[allow(unsafe_code)]
+pub(super) fn set_property(name: &str, value: &str) {
     // SAFETY: both pointers and lengths describe live, readable slices for
     // the duration of the call; the host only reads them.
     unsafe {

@@ -7,11 +7,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::algorithm::Algorithm;
-use crate::jwks::{KeyProblem, KeySet};
+use crate::jwt::algorithm::Algorithm;
+use crate::jwt::jwks::{KeyProblem, KeySet};
 use crate::jwt::{verify, JwtError};
 use crate::principal::Principal;
-use crate::testkit::{self, curve_config, curve_token, ed25519_key, p256_key, NOW};
+use crate::testing::{self as testkit, curve_config, curve_token, ed25519_key, p256_key, NOW};
 use erp_devstack::tokens::{self, CurveKey};
 
 fn check(token: &str) -> Result<Principal, JwtError> {

@@ -17,8 +17,8 @@ use rsa::{BigUint, RsaPublicKey};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::algorithm::{Algorithm, KeyType};
-use crate::rs256::PreparedKey;
+use crate::jwt::algorithm::{Algorithm, KeyType};
+use crate::jwt::rs256::PreparedKey;
 
 /// Smallest RSA modulus accepted, in bits (RFC 7518 §3.3).
 pub const MIN_RSA_BITS: usize = 2048;
@@ -424,7 +424,7 @@ fn coordinate(field: Option<&str>, name: &'static str, curve: &'static str) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit;
+    use crate::testing as testkit;
     use serde_json::json;
 
     fn rs256() -> Vec<Algorithm> {

@@ -250,7 +250,7 @@ pub(crate) mod against_jwt_compact {
     }
 
     /// Both readers' answers for `token`, which must agree.
-    pub fn same_reading(token: &str) -> Result<(), String> {
+    pub(crate) fn same_reading(token: &str) -> Result<(), String> {
         let (a, b) = (ours(token), theirs(token));
         if a == b {
             Ok(())

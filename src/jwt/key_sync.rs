@@ -12,11 +12,11 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::algorithm::Algorithm;
 use crate::config_error::{check_fields, ConfigError};
 use crate::endpoint::Endpoint;
 use crate::host::{Callout, SharedStore};
-use crate::jwks::{JwksError, KeySet};
+use crate::jwt::algorithm::Algorithm;
+use crate::jwt::jwks::{JwksError, KeySet};
 
 /// `remote_jwks` in the plugin configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -391,7 +391,7 @@ impl KeySync {
 mod tests {
     use super::*;
     use crate::host::MemoryStore;
-    use crate::testkit;
+    use crate::testing as testkit;
 
     fn config() -> RemoteJwksConfig {
         serde_json::from_value(serde_json::json!({

@@ -5,13 +5,22 @@
 //! equal the one algorithm its key is bound to. `jku`, `x5u` and other key
 //! locations in the token are never followed; a `crit` header is refused.
 
+pub mod algorithm;
+#[cfg(test)]
+mod curve_tests;
+pub mod jwks;
+pub mod jws;
+pub mod key_sync;
+mod modulus;
+pub mod rs256;
+
 use jwt_compact::alg::{Ed25519, Es256, Rsa};
 use jwt_compact::{Algorithm as JwtAlgorithm, AlgorithmSignature};
 
-use crate::algorithm::Algorithm;
 use crate::host::RsaHost;
-use crate::jwks::{KeyMaterial, KeySet, PublicKey};
-use crate::jws::{FormError, Jws};
+use crate::jwt::algorithm::Algorithm;
+use crate::jwt::jwks::{KeyMaterial, KeySet, PublicKey};
+use crate::jwt::jws::{FormError, Jws};
 use crate::principal::{Principal, PrincipalKind};
 use crate::rejection::Rejection;
 
@@ -241,7 +250,7 @@ pub fn verify_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{self, NOW};
+    use crate::testing::{self as testkit, NOW};
     use serde_json::json;
 
     fn verify_with(token: &str) -> Result<Principal, JwtError> {

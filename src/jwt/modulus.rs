@@ -22,13 +22,13 @@
 //! carry from below together, stays under 2⁴³ for 128 limbs.
 
 /// Limbs of the largest modulus handled (4096 bits).
-pub const MAX_LIMBS: usize = 128;
+pub(super) const MAX_LIMBS: usize = 128;
 
 const LOW: u64 = 0xffff_ffff;
 
 /// A modulus with its Montgomery constants, `R = 2^(32·limbs)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Modulus {
+pub(super) struct Modulus {
     /// `n`, little-endian 32-bit limbs, odd, `1 ≤ limbs ≤ MAX_LIMBS`.
     n: Vec<u32>,
     /// `-n⁻¹ mod 2³²`.
@@ -40,13 +40,13 @@ pub struct Modulus {
 impl Modulus {
     /// `None` unless `n` is odd, `r2` has as many limbs and there are
     /// `1..=MAX_LIMBS` of them; `n_neg_inv` is checked against `n`.
-    pub fn new(n: Vec<u32>, n_neg_inv: u32, r2: Vec<u32>) -> Option<Self> {
+    pub(super) fn new(n: Vec<u32>, n_neg_inv: u32, r2: Vec<u32>) -> Option<Self> {
         let first = *n.first()?;
         let fits = n.len() <= MAX_LIMBS && r2.len() == n.len() && first & 1 == 1;
         (fits && first.wrapping_mul(n_neg_inv) == u32::MAX).then_some(Self { n, n_neg_inv, r2 })
     }
 
-    pub fn limbs(&self) -> usize {
+    pub(super) fn limbs(&self) -> usize {
         self.n.len()
     }
 
@@ -54,7 +54,7 @@ impl Modulus {
     /// sixteen squarings and two multiplications (into and out of Montgomery
     /// form; the last one multiplies by `s` itself, which also leaves it).
     /// `None` when `s` has the wrong number of limbs.
-    pub fn pow_f4(&self, s: &[u32]) -> Option<Vec<u32>> {
+    pub(super) fn pow_f4(&self, s: &[u32]) -> Option<Vec<u32>> {
         let l = self.n.len();
         if s.len() != l {
             return None;
@@ -187,7 +187,7 @@ fn less_than(a: &[u32], b: &[u32]) -> bool {
 }
 
 /// Big-endian bytes (at most `4·limbs`) to little-endian limbs.
-pub fn limbs_from_be(bytes: &[u8], limbs: usize) -> Option<Vec<u32>> {
+pub(super) fn limbs_from_be(bytes: &[u8], limbs: usize) -> Option<Vec<u32>> {
     if bytes.len() > 4 * limbs {
         return None;
     }
@@ -201,7 +201,7 @@ pub fn limbs_from_be(bytes: &[u8], limbs: usize) -> Option<Vec<u32>> {
 }
 
 /// Little-endian limbs to big-endian bytes (`4·limbs` of them).
-pub fn limbs_to_be(limbs: &[u32]) -> Vec<u8> {
+pub(super) fn limbs_to_be(limbs: &[u32]) -> Vec<u8> {
     limbs.iter().rev().flat_map(|l| l.to_be_bytes()).collect()
 }
 

@@ -5,7 +5,7 @@
 //! The `rsa` crate's general big-number path costs about 0.7 ms per
 //! verification in Envoy's V8, which makes a flood of distinct well-formed
 //! tokens a denial-of-service lever. Here the exponentiation is exactly 16
-//! Montgomery squarings and two multiplications ([`crate::monty`]), and the
+//! Montgomery squarings and two multiplications ([`crate::jwt::modulus`]), and the
 //! Montgomery constants are computed once per key, by crypto-bigint, when
 //! keys are loaded.
 //!
@@ -22,7 +22,7 @@ use crypto_bigint::{Encoding, Odd, Uint, U2048, U3072, U4096};
 use sha2::{Digest, Sha256};
 
 use crate::host::RsaHost;
-use crate::monty::{self, Modulus};
+use crate::jwt::modulus::{self, Modulus};
 
 /// DER encoding of the SHA-256 `DigestInfo` prefix (RFC 8017 §9.2 note 1).
 const SHA256_DIGEST_INFO: [u8; 19] = [
@@ -61,10 +61,10 @@ where
     let params = FixedMontyParams::new_vartime(n);
     let limbs = width / 4;
     Modulus::new(
-        monty::limbs_from_be(&padded, limbs)?,
+        modulus::limbs_from_be(&padded, limbs)?,
         // -n⁻¹ mod 2^64 (or 2^32) reduced mod 2^32 is -n⁻¹ mod 2^32.
         params.mod_neg_inv().0 as u32,
-        monty::limbs_from_be(params.r2().to_be_bytes().as_ref(), limbs)?,
+        modulus::limbs_from_be(params.r2().to_be_bytes().as_ref(), limbs)?,
     )
 }
 
@@ -105,10 +105,10 @@ impl PreparedKey {
         if signature.len() != k || signature >= self.modulus.as_slice() || digest.len() != 32 {
             return false;
         }
-        let Some(em) = monty::limbs_from_be(signature, self.monty.limbs()).and_then(|s| self.monty.pow_f4(&s)) else {
+        let Some(em) = modulus::limbs_from_be(signature, self.monty.limbs()).and_then(|s| self.monty.pow_f4(&s)) else {
             return false;
         };
-        let em = monty::limbs_to_be(&em);
+        let em = modulus::limbs_to_be(&em);
         // The encoded message is the last k bytes; anything before is zero.
         let Some(split) = em.len().checked_sub(k) else {
             return false;
@@ -136,9 +136,9 @@ fn is_pkcs1_sha256(em: &[u8], digest: &[u8]) -> bool {
 /// RFC 7515 appendix A.2: an RS256 JWS and its published key (base64url).
 #[cfg_attr(not(all(target_arch = "wasm32", feature = "filter")), allow(dead_code))]
 mod rfc7515 {
-    pub const N: &str = "ofgWCuLjybRlzo0tZWJjNiuSfb4p4fAkd_wWJcyQoTbji9k0l8W26mPddxHmfHQp-Vaw-4qPCJrcS2mJPMEzP1Pt0Bm4d4QlL-yRT-SFd2lZS-pCgNMsD1W_YpRPEwOWvG6b32690r2jZ47soMZo9wGzjb_7OMg0LOL-bSf63kpaSHSXndS5z5rexMdbBYUsLA9e-KXBdQOS-UTo7WTBEMa2R2CapHg665xsmtdVMTBQY4uDZlxvb3qCo5ZwKh9kG4LT6_I5IhlJH7aGhyxXFvUK-DWNmoudF8NAco9_h9iaGNj8q2ethFkMLs91kzk2PAcDTW9gb54h4FRWyuXpoQ";
-    pub const INPUT: &[u8] = b"eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ";
-    pub const SIGNATURE: &str = "cC4hiUPoj9Eetdgtv3hF80EGrhuB__dzERat0XF9g2VtQgr9PJbu3XOiZj5RZmh7AAuHIm4Bh-0Qc_lF5YKt_O8W2Fp5jujGbds9uJdbF9CUAr7t1dnZcAcQjbKBYNX4BAynRFdiuB--f_nZLgrnbyTyWzO75vRK5h6xBArLIARNPvkSjtQBMHlb1L07Qe7K0GarZRmB_eSN9383LcOLn6_dO--xi12jzDwusC-eOkHWEsqtFZESc6BfI7noOPqvhJ1phCnvWh6IeYI2w9QOYEUipUTI8np6LbgGY9Fs98rqVt5AXLIhWkWywlVmtVrBp0igcN_IoypGlUPQGe77Rw";
+    pub(super) const N: &str = "ofgWCuLjybRlzo0tZWJjNiuSfb4p4fAkd_wWJcyQoTbji9k0l8W26mPddxHmfHQp-Vaw-4qPCJrcS2mJPMEzP1Pt0Bm4d4QlL-yRT-SFd2lZS-pCgNMsD1W_YpRPEwOWvG6b32690r2jZ47soMZo9wGzjb_7OMg0LOL-bSf63kpaSHSXndS5z5rexMdbBYUsLA9e-KXBdQOS-UTo7WTBEMa2R2CapHg665xsmtdVMTBQY4uDZlxvb3qCo5ZwKh9kG4LT6_I5IhlJH7aGhyxXFvUK-DWNmoudF8NAco9_h9iaGNj8q2ethFkMLs91kzk2PAcDTW9gb54h4FRWyuXpoQ";
+    pub(super) const INPUT: &[u8] = b"eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ";
+    pub(super) const SIGNATURE: &str = "cC4hiUPoj9Eetdgtv3hF80EGrhuB__dzERat0XF9g2VtQgr9PJbu3XOiZj5RZmh7AAuHIm4Bh-0Qc_lF5YKt_O8W2Fp5jujGbds9uJdbF9CUAr7t1dnZcAcQjbKBYNX4BAynRFdiuB--f_nZLgrnbyTyWzO75vRK5h6xBArLIARNPvkSjtQBMHlb1L07Qe7K0GarZRmB_eSN9383LcOLn6_dO--xi12jzDwusC-eOkHWEsqtFZESc6BfI7noOPqvhJ1phCnvWh6IeYI2w9QOYEUipUTI8np6LbgGY9Fs98rqVt5AXLIhWkWywlVmtVrBp0igcN_IoypGlUPQGe77Rw";
 }
 
 // Used by the Envoy glue (wasm32 only) and the tests.

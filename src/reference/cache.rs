@@ -12,8 +12,8 @@
 //! mark) to appear, up to the claim's deadline.
 
 use crate::host::SharedStore;
-use crate::introspection::Answer;
 use crate::principal::Principal;
+use crate::reference::introspection::Answer;
 use crate::secret::TokenHash;
 
 /// Largest principal cached; a bigger one is used but not cached.
@@ -22,7 +22,7 @@ const ENTRY_VERSION: u8 = 1;
 
 /// State of the introspection call for a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flight {
+pub(crate) enum Flight {
     /// Nobody is asking; whoever needs the answer should claim.
     None,
     /// Another worker is asking; its answer is due by this time (ms).
@@ -33,7 +33,7 @@ pub enum Flight {
 
 /// Result of trying to claim the callout for a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
+pub(crate) enum Claim {
     /// This worker makes the call.
     Mine,
     /// Another worker is making it; wait until `deadline_ms`.
@@ -48,7 +48,7 @@ const FLIGHT_FAILED: u8 = 2;
 
 /// The cache's rules: slot count and lifetimes.
 #[derive(Debug, Clone)]
-pub struct ReferenceCache {
+pub(crate) struct ReferenceCache {
     prefix: String,
     slots: u32,
     max_ttl: u64,
@@ -57,7 +57,7 @@ pub struct ReferenceCache {
 
 impl ReferenceCache {
     /// `prefix` names the keys (one namespace per filter configuration).
-    pub fn new(prefix: &str, slots: u32, max_ttl_seconds: u64, negative_ttl_seconds: u64) -> Self {
+    pub(crate) fn new(prefix: &str, slots: u32, max_ttl_seconds: u64, negative_ttl_seconds: u64) -> Self {
         Self {
             prefix: prefix.to_owned(),
             slots: slots.max(1),
@@ -71,7 +71,7 @@ impl ReferenceCache {
     }
 
     /// The shared-data key of a token's cache slot.
-    pub fn entry_key(&self, hash: &TokenHash) -> String {
+    pub(crate) fn entry_key(&self, hash: &TokenHash) -> String {
         format!("{}.ref.{}", self.prefix, self.slot(hash))
     }
 
@@ -81,19 +81,19 @@ impl ReferenceCache {
 
     /// The cached answer for a token, if fresh.
     #[cfg(test)]
-    pub fn get(&self, store: &dyn SharedStore, hash: &TokenHash, now: u64) -> Option<Answer> {
+    pub(crate) fn get(&self, store: &dyn SharedStore, hash: &TokenHash, now: u64) -> Option<Answer> {
         self.get_until(store, hash, now).map(|(answer, _)| answer)
     }
 
     /// The cached answer and the last second it may be used.
-    pub fn get_until(&self, store: &dyn SharedStore, hash: &TokenHash, now: u64) -> Option<(Answer, u64)> {
+    pub(crate) fn get_until(&self, store: &dyn SharedStore, hash: &TokenHash, now: u64) -> Option<(Answer, u64)> {
         let (value, _) = store.get(&self.entry_key(hash));
         decode_entry(&value?, hash, now)
     }
 
     /// Remembers an answer: active until `min(exp, now + max_ttl)`, inactive
     /// for the negative TTL. Returns the expiry used, if cached.
-    pub fn put(&self, store: &dyn SharedStore, hash: &TokenHash, answer: &Answer, now: u64) -> Option<u64> {
+    pub(crate) fn put(&self, store: &dyn SharedStore, hash: &TokenHash, answer: &Answer, now: u64) -> Option<u64> {
         let (expires_at, payload) = match answer {
             Answer::Active(principal) => (
                 principal.expires_at.min(now.saturating_add(self.max_ttl)),
@@ -125,7 +125,7 @@ impl ReferenceCache {
     }
 
     /// Where the introspection call for this token stands.
-    pub fn flight(&self, store: &dyn SharedStore, hash: &TokenHash, now_ms: u64) -> Flight {
+    pub(crate) fn flight(&self, store: &dyn SharedStore, hash: &TokenHash, now_ms: u64) -> Flight {
         let (value, _) = store.get(&self.flight_key(hash));
         match value.as_deref().and_then(|v| decode_flight(v, hash)) {
             Some((FLIGHT_PENDING, deadline_ms)) if deadline_ms > now_ms => Flight::InProgress { deadline_ms },
@@ -137,7 +137,7 @@ impl ReferenceCache {
     /// Claims the call for a token until `deadline_ms`, unless another
     /// worker holds a live claim. A lost compare-and-swap race means a
     /// duplicate call at worst, never a request left waiting.
-    pub fn claim(&self, store: &dyn SharedStore, hash: &TokenHash, now_ms: u64, deadline_ms: u64) -> Claim {
+    pub(crate) fn claim(&self, store: &dyn SharedStore, hash: &TokenHash, now_ms: u64, deadline_ms: u64) -> Claim {
         let key = self.flight_key(hash);
         let (value, cas) = store.get(&key);
         match value.as_deref().and_then(|v| decode_flight(v, hash)) {
@@ -160,7 +160,7 @@ impl ReferenceCache {
     /// Takes one introspection call from the budget shared by every worker:
     /// at most `per_second` calls in any one second of the clock. False when
     /// the second's budget is spent (or the store keeps refusing the update).
-    pub fn spend(&self, store: &dyn SharedStore, now: u64, per_second: u32) -> bool {
+    pub(crate) fn spend(&self, store: &dyn SharedStore, now: u64, per_second: u32) -> bool {
         let key = format!("{}.budget", self.prefix);
         for _ in 0..8 {
             let (value, cas) = store.get(&key);
@@ -183,7 +183,7 @@ impl ReferenceCache {
 
     /// Ends a claim. A failure is remembered until `failed_until_ms`, so
     /// waiting workers answer 503 at once instead of calling again.
-    pub fn finish(&self, store: &dyn SharedStore, hash: &TokenHash, failed_until_ms: Option<u64>) {
+    pub(crate) fn finish(&self, store: &dyn SharedStore, hash: &TokenHash, failed_until_ms: Option<u64>) {
         let value = match failed_until_ms {
             Some(until) => encode_flight(hash, FLIGHT_FAILED, until),
             None => encode_flight(hash, FLIGHT_DONE, 0),
@@ -203,7 +203,7 @@ fn holds_live_active(value: &[u8], hash: &TokenHash, now: u64) -> bool {
 
 /// Entries record the first second they are stale (what [`ReferenceCache::put`]
 /// returns); the last second an answer may be used is the one before.
-pub fn last_usable_second(expires_at: u64) -> u64 {
+pub(crate) fn last_usable_second(expires_at: u64) -> u64 {
     expires_at.saturating_sub(1)
 }
 
@@ -359,7 +359,7 @@ mod tests {
     #[test]
     fn the_raw_token_is_never_stored() {
         let store = MemoryStore::default();
-        let token = crate::testkit::EXAMPLE_PAT;
+        let token = crate::testing::EXAMPLE_PAT;
         let h = hash_token(token);
         cache().put(&store, &h, &Answer::Active(principal(NOW + 100)), NOW);
         cache().claim(&store, &h, 0, 10);

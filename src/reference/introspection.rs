@@ -172,7 +172,7 @@ pub enum Answer {
 /// that does not, or a cache another API filled, must not pass a token made
 /// for another API.
 #[derive(Debug, Clone, Copy)]
-pub struct AnswerRules<'a> {
+pub(crate) struct AnswerRules<'a> {
     pub audiences: &'a [String],
     pub issuers: &'a [String],
     /// Answer fields passed upstream as headers (`claims_to_headers`).
@@ -196,14 +196,20 @@ struct Response {
 }
 
 /// The identity service could not answer; the request gets 503.
-pub const UNAVAILABLE: Rejection = Rejection::Unavailable("the identity service is unavailable; retry later");
+pub(crate) const UNAVAILABLE: Rejection = Rejection::Unavailable("the identity service is unavailable; retry later");
 /// The introspection budget of this second is spent; the request gets 503.
-pub const OVER_BUDGET: Rejection = Rejection::Unavailable("too many unknown reference tokens right now; retry later");
+pub(crate) const OVER_BUDGET: Rejection =
+    Rejection::Unavailable("too many unknown reference tokens right now; retry later");
 
 /// Reads an introspection answer. `status` is the callout's `:status`,
 /// `body` its body (already bounded by the caller). Any malformed or
 /// unexpected answer is [`UNAVAILABLE`].
-pub fn read_answer(status: Option<&str>, body: &[u8], now: u64, rules: AnswerRules<'_>) -> Result<Answer, Rejection> {
+pub(crate) fn read_answer(
+    status: Option<&str>,
+    body: &[u8],
+    now: u64,
+    rules: AnswerRules<'_>,
+) -> Result<Answer, Rejection> {
     if status != Some("200") {
         return Err(UNAVAILABLE);
     }

@@ -24,14 +24,15 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::config_error::ConfigError;
-use crate::credential::{self, TokenKind};
-use crate::decision::{check_request, is_cors_preflight, Engine, RequestHead, Step, Verdict};
-use crate::introspection::{read_answer, Answer, AnswerRules};
-use crate::jwks::KeySet;
+use crate::decision::credential::{self, TokenKind};
+use crate::decision::request::{check_request, is_cors_preflight};
+use crate::decision::verified_cache::{Remembered, VerifiedCache};
+use crate::decision::{Engine, RequestHead, Step, Verdict};
+use crate::jwt::jwks::KeySet;
 use crate::jwt::{self, ClaimRules, JwtError};
 use crate::policy::Access;
+use crate::reference::introspection::{read_answer, Answer, AnswerRules};
 use crate::rejection::Rejection;
-use crate::verified::{Remembered, VerifiedCache};
 
 /// What to explain.
 #[derive(Debug, Clone)]
@@ -533,7 +534,7 @@ fn narrate_answer(answer: &Result<Answer, Rejection>) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{self, NOW};
+    use crate::testing::{self as testkit, NOW};
     use serde_json::json;
 
     fn run(config: &Value, method: &str, path: &str, headers: &[(&str, &str)], answer: Option<&Value>) -> Trace {

@@ -198,7 +198,7 @@ mod tests {
     use serde_json::{json, Value};
 
     fn config(patch: Value) -> Vec<u8> {
-        let mut base = crate::testkit::config_json();
+        let mut base = crate::testing::config_json();
         base["routes"] = json!([{"prefix": "/api/domain/", "all_of": ["read"]}]);
         if let (Some(base), Some(patch)) = (base.as_object_mut(), patch.as_object()) {
             for (k, v) in patch {
@@ -214,7 +214,7 @@ mod tests {
 
     #[test]
     fn the_shipped_configuration_has_no_warning() {
-        let shipped = include_bytes!("../envoy/filter-config.json");
+        let shipped = include_bytes!("../../envoy/filter-config.json");
         assert_eq!(lint(shipped).unwrap(), vec![]);
     }
 

@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use crate::credential::REFERENCE_PREFIX;
+use crate::decision::credential::REFERENCE_PREFIX;
 use crate::decision::Allowed;
 use crate::principal::Identity;
 use crate::rejection::Rejection;
@@ -124,9 +124,9 @@ fn reason(rejection: &Rejection) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decision::verified_cache::Remembered;
     use crate::decision::{RequestHead, Step, Verdict};
-    use crate::testkit::{self, NOW};
-    use crate::verified::Remembered;
+    use crate::testing::{self as testkit, NOW};
 
     /// The first pass over a request with these headers, and its fields as
     /// the filter would set them (`access_log_fields` on).
@@ -146,7 +146,7 @@ mod tests {
             Verdict::Deny(r) => Ending::Refused(r),
         };
         let config = engine.config();
-        let located = crate::credential::locate(headers.iter().copied(), &config.api_key_headers, 65536);
+        let located = crate::decision::credential::locate(headers.iter().copied(), &config.api_key_headers, 65536);
         let token = located.ok().map(|l| l.token);
         let remembered = token.and_then(|t| memory.jwts.get(t, NOW)).map(|i| (**i).clone());
         let fields = match of_identity(ending) {

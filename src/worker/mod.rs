@@ -19,24 +19,26 @@
 //! [`Effect::Allow`] or one [`Effect::Reply`]; an unexpected state replies
 //! 503, never allows.
 
+pub mod access_log;
+
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::access_log::{self, Ending, Fields};
-use crate::cache::{last_usable_second, Claim, Flight, ReferenceCache};
 use crate::config::Config;
-use crate::credential;
+use crate::decision::credential;
+use crate::decision::verified_cache::Remembered;
 use crate::decision::{Allowed, Engine, PendingJwt, PendingReference, RequestHead, Step, Verdict};
 use crate::host::{Callout, CalloutResponse, Now, RsaHost, SharedStore};
-use crate::introspection::{self, Answer, AnswerRules, OVER_BUDGET, UNAVAILABLE};
-use crate::jwks::KeySet;
+use crate::jwt::jwks::KeySet;
+use crate::jwt::key_sync::{KeySync, KeyWait, Reason, CLAIM_SLACK_MS};
 use crate::jwt::JwtError;
-use crate::key_refresh::{KeySync, KeyWait, Reason, CLAIM_SLACK_MS};
+use crate::reference::cache::{last_usable_second, Claim, Flight, ReferenceCache};
+use crate::reference::introspection::{self, Answer, AnswerRules, OVER_BUDGET, UNAVAILABLE};
 use crate::rejection::Rejection;
 use crate::secret::{fingerprint, Secret, TokenHash};
 use crate::stats::Stat;
-use crate::verified::Remembered;
+use access_log::{Ending, Fields};
 
 /// A test build's way to crash the VM on purpose (`x-chaos-trap`), so the
 /// tests can show what Envoy's `FAIL_RELOAD` brings back. Never in the
@@ -950,5 +952,4 @@ fn is_unknown_key(verdict: &Verdict) -> bool {
 }
 
 #[cfg(test)]
-#[path = "worker_tests.rs"]
 mod tests;

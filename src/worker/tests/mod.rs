@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::host::{Answered, MemoryStore};
-use crate::testkit::{self, NOW};
+use crate::testing::{self as testkit, NOW};
 
 const READ_PAT: &str = concat!(
     "enrt_",

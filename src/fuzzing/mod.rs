@@ -25,19 +25,19 @@ use rsa::{BigUint, Pkcs1v15Sign, RsaPublicKey};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::algorithm::Algorithm;
-use crate::cache::ReferenceCache;
 use crate::config::Config;
+use crate::decision::verified_cache::Remembered;
 use crate::decision::{Engine, RequestHead, Step, Verdict};
 use crate::host::{MemoryStore, SharedStore};
-use crate::introspection::{read_answer, Answer, AnswerRules};
-use crate::jwks::KeySet;
+use crate::jwt::algorithm::Algorithm;
+use crate::jwt::jwks::KeySet;
+use crate::jwt::key_sync::{KeySync, KeyWait};
+use crate::jwt::rs256::PreparedKey;
 use crate::jwt::{self, ClaimRules};
-use crate::key_refresh::{KeySync, KeyWait};
 use crate::policy::{Access, Policy, RouteRule, UnmatchedRoutes};
-use crate::rs256::PreparedKey;
+use crate::reference::cache::ReferenceCache;
+use crate::reference::introspection::{read_answer, Answer, AnswerRules};
 use crate::secret::hash_token;
-use crate::verified::Remembered;
 
 /// The fixed clock of every target (seconds); the seed tokens are valid at it.
 pub const NOW: u64 = 1_800_000_000;
@@ -84,7 +84,7 @@ fn uint(value: &Value, field: &str) -> BigUint {
 pub fn keys() -> &'static [FuzzKey] {
     static KEYS: OnceLock<Vec<FuzzKey>> = OnceLock::new();
     KEYS.get_or_init(|| {
-        let file: Value = serde_json::from_str(include_str!("../fuzz/keys.json")).expect("keys.json");
+        let file: Value = serde_json::from_str(include_str!("../../fuzz/keys.json")).expect("keys.json");
         ["2048", "3072", "4096"]
             .iter()
             .map(|bits| {
@@ -338,7 +338,7 @@ fn decide_and_check(engine: &Engine, method: &str, path: &str, pairs: &[(&str, &
         Step::Introspect(pending) => {
             let token = pending.token().expose();
             assert!(
-                crate::credential::is_well_formed_reference(token),
+                crate::decision::credential::is_well_formed_reference(token),
                 "introspecting a malformed token"
             );
         }
@@ -370,11 +370,11 @@ fn decide_and_check(engine: &Engine, method: &str, path: &str, pairs: &[(&str, &
     // What the memory is looked up by: where it could be a remembered
     // token, it is the credential `locate` finds.
     let api_keys = &engine.config().api_key_headers;
-    if let Some(found) = crate::credential::candidate(pairs.iter().copied(), api_keys) {
+    if let Some(found) = crate::decision::credential::candidate(pairs.iter().copied(), api_keys) {
         let max = engine.config().max_token_bytes;
-        if !found.token.is_empty() && found.token.len() <= max && crate::credential::classify(found).is_ok() {
+        if !found.token.is_empty() && found.token.len() <= max && crate::decision::credential::classify(found).is_ok() {
             assert_eq!(
-                crate::credential::locate(pairs.iter().copied(), api_keys, max),
+                crate::decision::credential::locate(pairs.iter().copied(), api_keys, max),
                 Ok(found)
             );
         }
@@ -387,7 +387,7 @@ fn decide_and_check(engine: &Engine, method: &str, path: &str, pairs: &[(&str, &
 /// jwt-compact reads it.
 pub fn jwt(data: &[u8]) {
     let token = String::from_utf8_lossy(data);
-    if let Err(difference) = crate::jws::against_jwt_compact::same_reading(&token) {
+    if let Err(difference) = crate::jwt::jws::against_jwt_compact::same_reading(&token) {
         panic!("read otherwise than jwt-compact reads it: {difference}");
     }
     let (result, skew) = with_engine(|engine| {
@@ -852,7 +852,7 @@ mod tests {
             );
         }
         write("introspection", "status-500", b"\x01{\"active\": true}");
-        write("config", "shipped", include_bytes!("../envoy/filter-config.json"));
+        write("config", "shipped", include_bytes!("../../envoy/filter-config.json"));
         write("config", "inline", config_json().to_string().as_bytes());
         write("config", "broken", br#"{"issuers": ["x"], "audiences": [], "routes": [{"prefix": "/", "methods": ["get"]}], "introspection": {"client_secret": ""}}"#);
         // Real records, as the filter writes them.

@@ -12,15 +12,15 @@ use crate::jwt::ClaimRules;
 
 /// The example PAT from ERP.net's documentation (split so that no literal
 /// token stands in the source).
-pub const EXAMPLE_PAT: &str = concat!(
+pub(crate) const EXAMPLE_PAT: &str = concat!(
     "enrt_",
     "445659C00F83CCA2D427BF113EFB355319346865C0B4FE5A3C76C16271B06AFF"
 );
 
 /// The fixed "now" of every unit test.
-pub const NOW: u64 = 1_700_000_000;
+pub(crate) const NOW: u64 = 1_700_000_000;
 /// `kid` of the key the test configuration trusts.
-pub const KID: &str = "test-key-1";
+pub(crate) const KID: &str = "test-key-1";
 
 fn keys() -> &'static (SigningKey, SigningKey) {
     static KEYS: OnceLock<(SigningKey, SigningKey)> = OnceLock::new();
@@ -33,25 +33,25 @@ fn keys() -> &'static (SigningKey, SigningKey) {
 }
 
 /// The trusted key.
-pub fn key() -> &'static SigningKey {
+pub(crate) fn key() -> &'static SigningKey {
     &keys().0
 }
 
 /// A key with the same `kid` that nobody trusts.
-pub fn other_key() -> &'static SigningKey {
+pub(crate) fn other_key() -> &'static SigningKey {
     &keys().1
 }
 
-pub fn jwks() -> Value {
+pub(crate) fn jwks() -> Value {
     tokens::jwks([key()])
 }
 
-pub fn small_rsa_jwk(kid: &str) -> Value {
+pub(crate) fn small_rsa_jwk(kid: &str) -> Value {
     SigningKey::generate(kid, 1024).unwrap().jwk()
 }
 
 /// The configuration the unit tests run with (the shipped policy's shape).
-pub fn config_json() -> Value {
+pub(crate) fn config_json() -> Value {
     json!({
         "issuers": [tokens::ISSUER],
         "audiences": ["DomainAPI"],
@@ -64,21 +64,21 @@ pub fn config_json() -> Value {
     })
 }
 
-pub fn config_from(patch: impl FnOnce(&mut Value)) -> Config {
+pub(crate) fn config_from(patch: impl FnOnce(&mut Value)) -> Config {
     let mut doc = config_json();
     patch(&mut doc);
     Config::from_json(doc.to_string().as_bytes()).unwrap()
 }
 
-pub fn config() -> Config {
+pub(crate) fn config() -> Config {
     config_from(|_| {})
 }
 
-pub fn engine() -> Engine {
+pub(crate) fn engine() -> Engine {
     Engine::new(config())
 }
 
-pub fn rules(config: &Config) -> ClaimRules<'_> {
+pub(crate) fn rules(config: &Config) -> ClaimRules<'_> {
     ClaimRules {
         issuers: &config.issuers,
         audiences: &config.audiences,
@@ -89,34 +89,34 @@ pub fn rules(config: &Config) -> ClaimRules<'_> {
 }
 
 /// A valid token with these scopes.
-pub fn token(scopes: &[&str]) -> String {
+pub(crate) fn token(scopes: &[&str]) -> String {
     token_with(|_, c| c["scope"] = json!(scopes))
 }
 
 /// A valid token, then `patch` applied to header and claims before signing.
-pub fn token_with(patch: impl FnOnce(&mut Value, &mut Value)) -> String {
+pub(crate) fn token_with(patch: impl FnOnce(&mut Value, &mut Value)) -> String {
     let mut header = tokens::header(KID);
     let mut claims = tokens::claims(NOW, &["DomainApi", "read"]);
     patch(&mut header, &mut claims);
     tokens::sign(&header, &claims, key())
 }
 
-pub fn token_signed_by_other_key() -> String {
+pub(crate) fn token_signed_by_other_key() -> String {
     tokens::sign(&tokens::header(KID), &tokens::claims(NOW, &["read"]), other_key())
 }
 
-pub fn flip_signature_byte(token: &str) -> String {
+pub(crate) fn flip_signature_byte(token: &str) -> String {
     tokens::flip_signature_byte(token)
 }
 
-pub fn unsigned_token() -> String {
+pub(crate) fn unsigned_token() -> String {
     tokens::unsigned(
         &json!({"alg": "none", "kid": KID, "typ": "at+jwt"}),
         &tokens::claims(NOW, &["read"]),
     )
 }
 
-pub fn hs256_token_with_public_key() -> String {
+pub(crate) fn hs256_token_with_public_key() -> String {
     let secret = key().public_pem().unwrap();
     tokens::sign_hs256(
         &json!({"alg": "HS256", "kid": KID, "typ": "at+jwt"}),
@@ -127,7 +127,7 @@ pub fn hs256_token_with_public_key() -> String {
 }
 
 /// An `introspection` block pointing at the emulator's endpoint.
-pub fn introspection_json() -> Value {
+pub(crate) fn introspection_json() -> Value {
     json!({
         "cluster": "identity",
         "authority": "idp.erp.test",
@@ -137,21 +137,21 @@ pub fn introspection_json() -> Value {
 }
 
 /// `kid`s of the curve keys in [`curve_config`].
-pub const ES256_KID: &str = "p256-1";
-pub const EDDSA_KID: &str = "ed25519-1";
+pub(crate) const ES256_KID: &str = "p256-1";
+pub(crate) const EDDSA_KID: &str = "ed25519-1";
 
 /// A P-256 key the curve configuration trusts, and one it does not.
-pub fn p256_key() -> tokens::CurveKey {
+pub(crate) fn p256_key() -> tokens::CurveKey {
     tokens::CurveKey::p256(ES256_KID, "trusted p256").unwrap()
 }
 
-pub fn ed25519_key() -> tokens::CurveKey {
+pub(crate) fn ed25519_key() -> tokens::CurveKey {
     tokens::CurveKey::ed25519(EDDSA_KID, "trusted ed25519")
 }
 
 /// The test configuration with ES256 and EdDSA allowed and one key of
 /// each next to the RSA key.
-pub fn curve_config() -> Config {
+pub(crate) fn curve_config() -> Config {
     config_from(|c| {
         c["algorithms"] = json!(["RS256", "ES256", "EdDSA"]);
         c["jwks"] = json!({"keys": [key().jwk(), p256_key().jwk(), ed25519_key().jwk()]});
@@ -159,7 +159,7 @@ pub fn curve_config() -> Config {
 }
 
 /// A token signed by a curve key, `patch` applied to header and claims first.
-pub fn curve_token(key: &tokens::CurveKey, patch: impl FnOnce(&mut Value, &mut Value)) -> String {
+pub(crate) fn curve_token(key: &tokens::CurveKey, patch: impl FnOnce(&mut Value, &mut Value)) -> String {
     let mut header = key.header();
     let mut claims = tokens::claims(NOW, &["DomainApi", "read"]);
     patch(&mut header, &mut claims);
