@@ -4,6 +4,8 @@
 //! are refused, and [`Config::from_json`] names the field that is wrong. The
 //! README's configuration reference is this list.
 
+mod sections;
+
 use serde::Deserialize;
 
 use crate::config_error::ConfigError;
@@ -217,127 +219,20 @@ fn serde_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ConfigError
     ConfigError::new(field, e.inner().to_string())
 }
 
-fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-}
-
 impl RawConfig {
+    /// The configuration, section by section; the first wrong field is
+    /// named.
     pub fn validate(self) -> Result<Config, ConfigError> {
-        if self.realm.is_empty() || self.realm.contains(['"', '\\']) || !is_visible(&self.realm) {
-            return Err(ConfigError::new(
-                "realm",
-                "must be non-empty printable ASCII without quotes or backslashes",
-            ));
-        }
-        non_empty_strings("issuers", &self.issuers)?;
-        non_empty_strings("audiences", &self.audiences)?;
-        if self.algorithms.is_empty() {
-            return Err(ConfigError::new("algorithms", "must list at least one algorithm"));
-        }
-        if self.clock_skew_seconds > 600 {
-            return Err(ConfigError::new("clock_skew_seconds", "must be at most 600"));
-        }
-        if self.jwt_cache_max_entries > 1_000_000 {
-            return Err(ConfigError::new("jwt_cache_max_entries", "must be at most 1000000"));
-        }
-        if !(256..=65536).contains(&self.max_token_bytes) {
-            return Err(ConfigError::new("max_token_bytes", "must be between 256 and 65536"));
-        }
-        let inline_keys = match &self.jwks {
-            None => KeySet::default(),
-            Some(doc) => {
-                let keys = KeySet::from_value(doc, &self.algorithms)
-                    .map_err(|problem| ConfigError::new("jwks", problem.to_string()))?;
-                if keys.is_empty() {
-                    return Err(ConfigError::new(
-                        "jwks",
-                        format!("no usable signing key ({})", keys.skipped_summary()),
-                    ));
-                }
-                keys
-            }
-        };
-        match &self.remote_jwks {
-            Some(remote) => remote.validate()?,
-            None if inline_keys.is_empty() => {
-                return Err(ConfigError::new(
-                    "jwks",
-                    "no signing keys: give the issuer's JWKS inline or `remote_jwks`",
-                ));
-            }
-            None => {}
-        }
+        self.check_token_rules()?;
+        let inline_keys = self.signing_keys()?;
         if let Some(introspection) = &self.introspection {
             introspection.validate()?;
         }
         let policy = Policy::new(self.routes, self.unmatched_routes)?;
-        let api_key_headers: Vec<String> = self.api_key_headers.iter().map(|h| h.to_ascii_lowercase()).collect();
-        for (i, h) in api_key_headers.iter().enumerate() {
-            if !is_header_name(h) || h == "authorization" {
-                return Err(ConfigError::new(
-                    format!("api_key_headers[{i}]"),
-                    "must be a header name other than authorization",
-                ));
-            }
-        }
-        let mut identity_headers = self.identity_headers;
-        for name in [
-            &mut identity_headers.client_id,
-            &mut identity_headers.subject,
-            &mut identity_headers.scopes,
-            &mut identity_headers.client_db,
-            &mut identity_headers.system_user,
-            &mut identity_headers.token_kind,
-        ] {
-            *name = name.to_ascii_lowercase();
-        }
-        let names = identity_headers.names();
-        for (i, name) in names.iter().enumerate() {
-            if !is_header_name(name) || name.starts_with(':') {
-                return Err(ConfigError::new(
-                    "identity_headers",
-                    format!("`{name}` is not a valid header name"),
-                ));
-            }
-            if names[..i].contains(name) {
-                return Err(ConfigError::new("identity_headers", format!("`{name}` is used twice")));
-            }
-            if *name == "authorization" || api_key_headers.iter().any(|h| h == name) {
-                return Err(ConfigError::new(
-                    "identity_headers",
-                    format!("`{name}` is a credential header"),
-                ));
-            }
-        }
+        let api_key_headers = sections::api_key_headers(&self.api_key_headers)?;
+        let mut identity_headers = sections::identity_headers(self.identity_headers, &api_key_headers)?;
         let claims_to_headers = self.claims_to_headers;
-        if claims_to_headers.len() > 32 {
-            return Err(ConfigError::new("claims_to_headers", "at most 32 entries"));
-        }
-        for (i, m) in claims_to_headers.iter().enumerate() {
-            let field = |name: &str| format!("claims_to_headers[{i}].{name}");
-            if m.claim.is_empty() || m.claim.split('.').any(str::is_empty) {
-                return Err(ConfigError::new(
-                    field("claim"),
-                    "must be a claim name or a dot path like `a.b`",
-                ));
-            }
-            let taken = names.contains(&m.header.as_str())
-                || m.header == "authorization"
-                || api_key_headers.contains(&m.header)
-                || claims_to_headers[..i].iter().any(|other| other.header == m.header);
-            if !is_header_name(&m.header) || taken {
-                return Err(ConfigError::new(
-                    field("header"),
-                    format!(
-                        "`{}` must be a lower-case header name not used by a credential, an identity header or another entry",
-                        m.header
-                    ),
-                ));
-            }
-        }
+        sections::check_claims_to_headers(&claims_to_headers, &identity_headers.names(), &api_key_headers)?;
         identity_headers.mapped = claims_to_headers.iter().map(|m| m.header.clone()).collect();
         Ok(Config {
             realm: self.realm,
@@ -362,20 +257,62 @@ impl RawConfig {
             rsa_verifier: self.rsa_verifier,
         })
     }
-}
 
-fn is_visible(s: &str) -> bool {
-    s.bytes().all(|b| (0x20..0x7f).contains(&b))
-}
+    /// The realm, and what a JWT is held to: issuers, audiences,
+    /// algorithms, clock skew, size, the verified-token memory.
+    fn check_token_rules(&self) -> Result<(), ConfigError> {
+        if self.realm.is_empty() || self.realm.contains(['"', '\\']) || !sections::is_visible(&self.realm) {
+            return Err(ConfigError::new(
+                "realm",
+                "must be non-empty printable ASCII without quotes or backslashes",
+            ));
+        }
+        sections::non_empty_strings("issuers", &self.issuers)?;
+        sections::non_empty_strings("audiences", &self.audiences)?;
+        if self.algorithms.is_empty() {
+            return Err(ConfigError::new("algorithms", "must list at least one algorithm"));
+        }
+        if self.clock_skew_seconds > 600 {
+            return Err(ConfigError::new("clock_skew_seconds", "must be at most 600"));
+        }
+        if self.jwt_cache_max_entries > 1_000_000 {
+            return Err(ConfigError::new("jwt_cache_max_entries", "must be at most 1000000"));
+        }
+        if !(256..=65536).contains(&self.max_token_bytes) {
+            return Err(ConfigError::new("max_token_bytes", "must be between 256 and 65536"));
+        }
+        Ok(())
+    }
 
-fn non_empty_strings(field: &str, values: &[String]) -> Result<(), ConfigError> {
-    if values.is_empty() {
-        return Err(ConfigError::new(field, "must list at least one value"));
+    /// The inline key set (empty without `jwks`), and that some keys come
+    /// from somewhere: inline, or `remote_jwks`.
+    fn signing_keys(&self) -> Result<KeySet, ConfigError> {
+        let inline_keys = match &self.jwks {
+            None => KeySet::default(),
+            Some(doc) => {
+                let keys = KeySet::from_value(doc, &self.algorithms)
+                    .map_err(|problem| ConfigError::new("jwks", problem.to_string()))?;
+                if keys.is_empty() {
+                    return Err(ConfigError::new(
+                        "jwks",
+                        format!("no usable signing key ({})", keys.skipped_summary()),
+                    ));
+                }
+                keys
+            }
+        };
+        match &self.remote_jwks {
+            Some(remote) => remote.validate()?,
+            None if inline_keys.is_empty() => {
+                return Err(ConfigError::new(
+                    "jwks",
+                    "no signing keys: give the issuer's JWKS inline or `remote_jwks`",
+                ));
+            }
+            None => {}
+        }
+        Ok(inline_keys)
     }
-    if let Some(i) = values.iter().position(|v| v.is_empty()) {
-        return Err(ConfigError::new(format!("{field}[{i}]"), "must not be empty"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
