@@ -16,8 +16,9 @@
 //! 4. [`jwt`] verifies JWT access tokens (JWS form, JWKS, algorithms, RS256
 //!    and its Montgomery arithmetic, the remote key set); [`reference`]
 //!    asks about `enrt_` reference tokens (introspection, the shared cache).
-//! 5. [`rejection`] says no on the wire (RFC 6750), one place for every
-//!    reason; [`stats`] counts by the same reasons.
+//! 5. `rejection` says no on the wire (RFC 6750), one place for every
+//!    reason, each a type (`token_problem`: why a token is refused);
+//!    `stats` counts by the same types.
 //!
 //! Below them, leaves every folder may use: [`config`] (assembled from each
 //! section's own type), `policy` (route rules → required scopes),
@@ -55,6 +56,7 @@ mod stats;
 /// The unit tests' fixtures.
 #[cfg(test)]
 mod testing;
+mod token_problem;
 #[cfg(any(test, feature = "tools"))]
 pub mod tools;
 pub mod worker;

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::rejection::Rejection;
+use crate::token_problem::TokenProblem;
 
 /// Names of the headers the filter sets on allowed requests. Copies sent by
 /// the client are removed from every request, allowed or not.
@@ -300,9 +301,7 @@ impl Principal {
         for (name, value) in values.into_iter().chain(mapped) {
             let Some(value) = value else { continue };
             if !value.chars().all(|c| c == ' ' || c == '\t' || !c.is_control()) {
-                return Err(Rejection::InvalidToken(
-                    "a claim holds characters a header cannot carry",
-                ));
+                return Err(Rejection::InvalidToken(TokenProblem::UnsafeClaim));
             }
             out.push((name.clone(), value.to_owned()));
         }

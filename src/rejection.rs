@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use crate::token_problem::{JwtError, TokenProblem};
+
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
@@ -25,7 +27,7 @@ pub enum Rejection {
     InvalidRequest(&'static str),
     /// The token is not valid: bad signature, expired, wrong issuer or
     /// audience, unknown key, revoked, ... 401 `invalid_token`.
-    InvalidToken(&'static str),
+    InvalidToken(TokenProblem),
     /// The token is valid but lacks the scopes this route needs: 403
     /// `insufficient_scope`, naming them.
     InsufficientScope {
@@ -37,6 +39,26 @@ pub enum Rejection {
     /// The filter cannot decide now (identity service or signing keys
     /// unavailable): 503 with `Retry-After`. The token may well be good.
     Unavailable(&'static str),
+}
+
+impl From<JwtError> for Rejection {
+    /// A failed JWT check is 401 `invalid_token`, but for keys not fetched
+    /// yet: the token may be fine, so that is 503.
+    fn from(error: JwtError) -> Self {
+        match error {
+            JwtError::NoKeys => Self::Unavailable(error.description()),
+            _ => Self::InvalidToken(TokenProblem::Jwt(error)),
+        }
+    }
+}
+
+impl From<TokenProblem> for Rejection {
+    fn from(problem: TokenProblem) -> Self {
+        match problem {
+            TokenProblem::Jwt(error) => error.into(),
+            problem => Self::InvalidToken(problem),
+        }
+    }
 }
 
 /// A local reply, ready for the host.
@@ -80,7 +102,8 @@ impl Rejection {
             Self::MultipleCredentials => {
                 "more than one credential: use exactly one of Authorization or an API key header"
             }
-            Self::MalformedCredential(d) | Self::InvalidRequest(d) | Self::InvalidToken(d) | Self::Unavailable(d) => d,
+            Self::MalformedCredential(d) | Self::InvalidRequest(d) | Self::Unavailable(d) => d,
+            Self::InvalidToken(problem) => problem.description(),
             Self::InsufficientScope { .. } => "the token does not grant the scope this request needs",
             Self::RouteNotAllowed => "no access rule allows this request",
         }
@@ -162,11 +185,11 @@ mod tests {
 
     #[test]
     fn invalid_token_is_401() {
-        let r = Rejection::InvalidToken("token expired").to_response("api");
+        let r = Rejection::from(JwtError::Expired).to_response("api");
         assert_eq!(r.status, 401);
         assert_eq!(
             header(&r, "www-authenticate"),
-            Some("Bearer realm=\"api\", error=\"invalid_token\", error_description=\"token expired\"")
+            Some("Bearer realm=\"api\", error=\"invalid_token\", error_description=\"the token has expired\"")
         );
     }
 

@@ -3,8 +3,8 @@
 //! `wasmcustom_erp_edge_validator_<name>`). The README's stats reference is
 //! this list.
 
-use crate::jwt::JwtError;
 use crate::rejection::Rejection;
+use crate::token_problem::{JwtError, TokenProblem};
 
 /// One counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -207,11 +207,11 @@ impl Stat {
     }
 }
 
-/// The reason a refusal counts under. Reasons are told apart by the
-/// rejection's variant and, for `invalid_token`, by its fixed description
-/// (each [`JwtError`] has its own).
+/// The reason a refusal counts under, by its variant and, for
+/// `invalid_token`, its [`TokenProblem`] (503s have none: the request was
+/// not judged). Exhaustive: a new reason does not compile until it is
+/// counted somewhere.
 fn reason(rejection: &Rejection) -> Option<Stat> {
-    let jwt = |e: JwtError| e.description();
     Some(match rejection {
         Rejection::MissingCredential | Rejection::UnsupportedScheme => Stat::DeniedNoCredential,
         Rejection::MultipleCredentials => Stat::DeniedTwoCredentials,
@@ -220,25 +220,39 @@ fn reason(rejection: &Rejection) -> Option<Stat> {
         Rejection::InsufficientScope { .. } => Stat::DeniedInsufficientScope,
         Rejection::RouteNotAllowed => Stat::DeniedNoRoute,
         Rejection::Unavailable(_) => return None,
-        Rejection::InvalidToken(d) => match *d {
-            d if d == jwt(JwtError::Expired) || d == jwt(JwtError::NoExpiry) => Stat::DeniedExpired,
-            d if d == jwt(JwtError::NotYetValid) => Stat::DeniedNotYetValid,
-            d if d == jwt(JwtError::BadSignature) => Stat::DeniedBadSignature,
-            d if d == jwt(JwtError::UnknownKey) || d == jwt(JwtError::NoKid) => Stat::DeniedUnknownKid,
-            d if d == jwt(JwtError::AlgorithmNotAllowed) || d == jwt(JwtError::KeyAlgorithmMismatch) => {
-                Stat::DeniedAlgorithm
-            }
-            d if d == jwt(JwtError::IssuerNotAccepted) => Stat::DeniedIssuer,
-            d if d == jwt(JwtError::AudienceNotAccepted) => Stat::DeniedAudience,
-            d if d == jwt(JwtError::NotAnAccessToken) => Stat::DeniedTyp,
-            d if d == INACTIVE => Stat::DeniedReferenceInactive,
-            _ => Stat::DeniedMalformed,
-        },
+        Rejection::InvalidToken(problem) => return token_reason(*problem),
     })
 }
 
-/// What a reference token the identity service does not vouch for is told.
-pub(crate) const INACTIVE: &str = "the token is not active";
+fn token_reason(problem: TokenProblem) -> Option<Stat> {
+    Some(match problem {
+        TokenProblem::Jwt(error) => match error {
+            JwtError::Expired | JwtError::NoExpiry => Stat::DeniedExpired,
+            JwtError::NotYetValid => Stat::DeniedNotYetValid,
+            JwtError::BadSignature => Stat::DeniedBadSignature,
+            JwtError::UnknownKey | JwtError::NoKid => Stat::DeniedUnknownKid,
+            JwtError::AlgorithmNotAllowed | JwtError::KeyAlgorithmMismatch => Stat::DeniedAlgorithm,
+            JwtError::IssuerNotAccepted => Stat::DeniedIssuer,
+            JwtError::AudienceNotAccepted => Stat::DeniedAudience,
+            JwtError::NotAnAccessToken => Stat::DeniedTyp,
+            // No keys yet is 503 (`Rejection::from`), never judged.
+            JwtError::NoKeys => return None,
+            JwtError::NotAJwt
+            | JwtError::NotBase64
+            | JwtError::MalformedHeader
+            | JwtError::CriticalHeader
+            | JwtError::MalformedClaims
+            | JwtError::UnsafeClaim
+            | JwtError::MalformedScope => Stat::DeniedMalformed,
+        },
+        TokenProblem::Inactive => Stat::DeniedReferenceInactive,
+        TokenProblem::TooLarge
+        | TokenProblem::ReferenceNotAccepted
+        | TokenProblem::MalformedReference
+        | TokenProblem::MalformedAnswerScope
+        | TokenProblem::UnsafeClaim => Stat::DeniedMalformed,
+    })
+}
 
 #[cfg(test)]
 mod tests {
@@ -301,7 +315,10 @@ mod tests {
                 Stat::DeniedInsufficientScope,
             ),
             (Rejection::RouteNotAllowed, Stat::DeniedNoRoute),
-            (Rejection::InvalidToken(INACTIVE), Stat::DeniedReferenceInactive),
+            (
+                Rejection::InvalidToken(TokenProblem::Inactive),
+                Stat::DeniedReferenceInactive,
+            ),
         ];
         for (rejection, stat) in cases {
             assert_eq!(Stat::of_rejection(&rejection)[1], Some(stat), "{rejection:?}");

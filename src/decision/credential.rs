@@ -7,6 +7,7 @@
 //! credential value counts as a second credential.
 
 use crate::rejection::Rejection;
+use crate::token_problem::TokenProblem;
 
 /// Prefix of ERP.net reference access tokens (PAT and SAT).
 pub const REFERENCE_PREFIX: &str = "enrt_";
@@ -59,7 +60,7 @@ pub fn locate<'a>(
         return Err(Rejection::MalformedCredential("empty credential"));
     }
     if token.len() > max_token_bytes {
-        return Err(Rejection::InvalidToken("token is too large"));
+        return Err(Rejection::InvalidToken(TokenProblem::TooLarge));
     }
     Ok(Located { header, token })
 }
@@ -248,7 +249,7 @@ mod tests {
         let big: &'static str = Box::leak(format!("Bearer {}", "a".repeat(9000)).into_boxed_str());
         assert_eq!(
             find_in(&[("authorization", big)]),
-            Err(Rejection::InvalidToken("token is too large"))
+            Err(Rejection::InvalidToken(TokenProblem::TooLarge))
         );
     }
 

@@ -22,6 +22,7 @@ use crate::reference::introspection::Answer;
 use crate::rejection::Rejection;
 use crate::secret::{self, Secret, TokenHash};
 use crate::stats::Stat;
+use crate::token_problem::TokenProblem;
 
 /// The final answer for a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,8 +271,8 @@ impl Engine {
     ) -> Verdict {
         let principal = match answer {
             Ok(Answer::Active(principal)) => principal.clone(),
-            Ok(Answer::Inactive) => return Verdict::Deny(Rejection::InvalidToken(crate::stats::INACTIVE)),
-            Ok(Answer::Refused(reason)) => return Verdict::Deny(Rejection::InvalidToken(reason)),
+            Ok(Answer::Inactive) => return Verdict::Deny(Rejection::InvalidToken(TokenProblem::Inactive)),
+            Ok(Answer::Refused(problem)) => return Verdict::Deny(Rejection::InvalidToken(*problem)),
             Err(rejection) => return Verdict::Deny(rejection.clone()),
         };
         let identity = self.identity(principal, || pending.hash).inspect(|identity| {
@@ -359,10 +360,10 @@ impl Engine {
     /// looked): refused if malformed, else to be introspected.
     fn reference(&self, access: &Access, credential: &Credential<'_>, report_only: bool) -> Result<Step, Rejection> {
         if self.config.introspection.is_none() {
-            return Err(Rejection::InvalidToken("reference tokens are not accepted here"));
+            return Err(Rejection::InvalidToken(TokenProblem::ReferenceNotAccepted));
         }
         if !credential::is_well_formed_reference(credential.token) {
-            return Err(Rejection::InvalidToken("the reference token is malformed"));
+            return Err(Rejection::InvalidToken(TokenProblem::MalformedReference));
         }
         Ok(Step::Introspect(PendingReference {
             // Only now, on a miss: the shared cache knows tokens by SHA-256.

@@ -3,6 +3,7 @@
 mod rules {
     use super::super::*;
     use crate::testing::{self as testkit, NOW};
+    use crate::token_problem::TokenProblem;
     use serde_json::json;
 
     #[test]
@@ -332,9 +333,7 @@ mod rules {
             );
             assert_eq!(
                 d,
-                Step::Done(Verdict::Deny(Rejection::InvalidToken(
-                    "the reference token is malformed"
-                ))),
+                Step::Done(Verdict::Deny(Rejection::InvalidToken(TokenProblem::MalformedReference))),
                 "{token}"
             );
         }
@@ -382,7 +381,7 @@ mod rules {
         );
         assert_eq!(
             engine.finish_reference(&get, Ok(&Answer::Inactive), &mut references, Some(NOW + 10)),
-            Verdict::Deny(Rejection::InvalidToken("the token is not active"))
+            Verdict::Deny(Rejection::InvalidToken(TokenProblem::Inactive))
         );
         let down = crate::reference::introspection::UNAVAILABLE;
         assert_eq!(
@@ -472,7 +471,9 @@ mod rules {
         let later = NOW + 3600 + 61;
         assert!(matches!(
             engine.decide(&request, &engine.config().inline_keys, &mut verified, later),
-            Step::Done(Verdict::Deny(Rejection::InvalidToken("the token has expired")))
+            Step::Done(Verdict::Deny(Rejection::InvalidToken(TokenProblem::Jwt(
+                JwtError::Expired
+            ))))
         ));
     }
 
@@ -541,6 +542,7 @@ mod rules {
 mod remote_keys {
     use super::super::*;
     use crate::testing::{self as testkit, NOW};
+    use crate::token_problem::TokenProblem;
     use serde_json::json;
 
     fn remote_engine() -> Engine {
@@ -582,7 +584,7 @@ mod remote_keys {
                 &mut Remembered::new(10, 10),
                 NOW
             ),
-            Verdict::Deny(Rejection::InvalidToken("the token's signing key is not known"))
+            Verdict::Deny(Rejection::InvalidToken(TokenProblem::Jwt(JwtError::UnknownKey)))
         );
     }
 

@@ -22,7 +22,7 @@ use crate::jwt::algorithm::Algorithm;
 use crate::jwt::jwks::{KeyMaterial, KeySet, PublicKey};
 use crate::jwt::jws::{FormError, Jws};
 use crate::principal::{Principal, PrincipalKind};
-use crate::rejection::Rejection;
+pub use crate::token_problem::JwtError;
 
 /// The claim rules a token must meet.
 #[derive(Debug, Clone)]
@@ -32,88 +32,6 @@ pub struct ClaimRules<'a> {
     pub algorithms: &'a [Algorithm],
     pub clock_skew_seconds: u64,
     pub require_at_jwt_typ: bool,
-}
-
-/// Why a JWT was not accepted: one variant per check, in the order they run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum JwtError {
-    /// Not three dot-separated parts.
-    NotAJwt,
-    /// A part is not base64url.
-    NotBase64,
-    /// The JOSE header is not the JSON object it must be.
-    MalformedHeader,
-    /// `alg` is not on the configured allow-list (`none` and HMAC never are).
-    AlgorithmNotAllowed,
-    /// The header has `crit` (RFC 7515 §4.1.11): nothing here understands it.
-    CriticalHeader,
-    /// `typ` is not `at+jwt` while RFC 9068 typing is required.
-    NotAnAccessToken,
-    /// No `kid` in the header.
-    NoKid,
-    /// The token names a `kid` that is not in the key set. Kept apart from
-    /// other failures: it may mean the issuer rotated its keys.
-    UnknownKey,
-    /// No signing keys at all yet (remote keys not fetched): the token may
-    /// be fine, so this is 503, not 401.
-    NoKeys,
-    /// `alg` is allowed but is not the one algorithm the key is bound to.
-    KeyAlgorithmMismatch,
-    /// The signature does not verify.
-    BadSignature,
-    /// The claims are not the JSON object they must be.
-    MalformedClaims,
-    /// No `exp` claim.
-    NoExpiry,
-    /// `exp` is past, beyond the clock skew.
-    Expired,
-    /// `nbf` is ahead, beyond the clock skew.
-    NotYetValid,
-    /// `iss` is missing or not listed.
-    IssuerNotAccepted,
-    /// No `aud` value is listed.
-    AudienceNotAccepted,
-    /// A claim holds characters a header cannot carry (refused, not cut).
-    UnsafeClaim,
-    /// A `scope` element is not an RFC 6749 scope-token.
-    MalformedScope,
-}
-
-impl JwtError {
-    /// What the client is told (fixed text; nothing from the token).
-    pub fn description(self) -> &'static str {
-        match self {
-            Self::NotAJwt => "the token is not a JWT",
-            Self::NotBase64 => "the token is not base64url",
-            Self::MalformedHeader => "the token header is malformed",
-            Self::AlgorithmNotAllowed => "the token's algorithm is not allowed",
-            Self::CriticalHeader => "the token has critical header parameters",
-            Self::NotAnAccessToken => "the token is not an access token (typ is not at+jwt)",
-            Self::NoKid => "the token has no kid",
-            Self::UnknownKey => "the token's signing key is not known",
-            Self::NoKeys => "the signing keys are not available yet; retry later",
-            Self::KeyAlgorithmMismatch => "the token's algorithm does not match its key",
-            Self::BadSignature => "the token's signature is invalid",
-            Self::MalformedClaims => "the token's claims are malformed",
-            Self::NoExpiry => "the token has no exp",
-            Self::Expired => "the token has expired",
-            Self::NotYetValid => "the token is not valid yet",
-            Self::IssuerNotAccepted => "the token's issuer is not accepted",
-            Self::AudienceNotAccepted => "the token's audience is not accepted",
-            Self::UnsafeClaim => "a claim holds characters a header cannot carry",
-            Self::MalformedScope => "the token's scope is malformed",
-        }
-    }
-}
-
-impl From<JwtError> for Rejection {
-    fn from(e: JwtError) -> Self {
-        match e {
-            JwtError::NoKeys => Rejection::Unavailable(e.description()),
-            _ => Rejection::InvalidToken(e.description()),
-        }
-    }
 }
 
 /// Whether `signature` over `input` verifies under `key` with jwt-compact's

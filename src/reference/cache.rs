@@ -320,7 +320,12 @@ mod tests {
             "once the active answer has expired, the slot is free"
         );
         assert_eq!(
-            tiny.put(&store, &good, &Answer::Refused("x"), NOW),
+            tiny.put(
+                &store,
+                &good,
+                &Answer::Refused(crate::token_problem::TokenProblem::MalformedAnswerScope),
+                NOW
+            ),
             None,
             "refusals are not cached"
         );

@@ -15,6 +15,7 @@ use crate::host::Callout;
 use crate::principal::{mapped_claims, Audience, ClaimToHeader, Principal, PrincipalKind, ScopeClaim};
 use crate::rejection::Rejection;
 use crate::secret::Secret;
+use crate::token_problem::TokenProblem;
 
 /// Introspection settings (`introspection` in the plugin configuration).
 #[derive(Debug, Clone, Deserialize)]
@@ -164,7 +165,7 @@ pub enum Answer {
     Inactive,
     /// Active, but not an answer the filter can pass on (a scope element
     /// that is not a scope-token): 401 with this reason, never cached.
-    Refused(&'static str),
+    Refused(TokenProblem),
 }
 
 /// What an active answer must match: the filter's own audiences and
@@ -230,7 +231,7 @@ pub(crate) fn read_answer(
     let scopes = match response.scope.map(ScopeClaim::into_scopes) {
         None => Vec::new(),
         Some(Ok(scopes)) => scopes,
-        Some(Err(_)) => return Ok(Answer::Refused("the token's scope is malformed")),
+        Some(Err(_)) => return Ok(Answer::Refused(TokenProblem::MalformedAnswerScope)),
     };
     let kind = if response.sub.is_some() {
         PrincipalKind::ReferenceUser
@@ -438,7 +439,7 @@ mod tests {
         ] {
             assert_eq!(
                 read_answer(Some("200"), body.as_bytes(), NOW, RULES),
-                Ok(Answer::Refused("the token's scope is malformed")),
+                Ok(Answer::Refused(TokenProblem::MalformedAnswerScope)),
                 "{body}"
             );
         }

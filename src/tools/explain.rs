@@ -526,7 +526,7 @@ fn narrate_answer(answer: &Result<Answer, Rejection>) -> Check {
             "introspection answer",
             "not active (or expired, or for another API or issuer)",
         ),
-        Ok(Answer::Refused(reason)) => fail("introspection answer", *reason),
+        Ok(Answer::Refused(problem)) => fail("introspection answer", problem.description()),
         Err(rejection) => fail("introspection answer", rejection.description()),
     }
 }

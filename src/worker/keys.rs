@@ -4,6 +4,7 @@
 //! every worker picks up a published set on its tick.
 
 use super::*;
+use crate::token_problem::TokenProblem;
 
 pub(super) const KEYS_UNAVAILABLE: Rejection =
     Rejection::Unavailable("the signing keys could not be fetched; retry later");
@@ -38,7 +39,10 @@ pub(super) fn unknown_key_verdict(
 }
 
 pub(super) fn is_unknown_key(verdict: &Verdict) -> bool {
-    matches!(verdict, Verdict::Deny(r) if *r == Rejection::from(JwtError::UnknownKey))
+    matches!(
+        verdict,
+        Verdict::Deny(Rejection::InvalidToken(TokenProblem::Jwt(JwtError::UnknownKey)))
+    )
 }
 
 impl Worker {
