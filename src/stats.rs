@@ -1,6 +1,6 @@
 //! The filter's counters, by name: Envoy shows each as
 //! `wasmcustom.erp_edge_validator.<name>` (in `/stats/prometheus`:
-//! `wasmcustom_erp_edge_validator_<name>`). The README's stats reference is
+//! `wasmcustom_erp_edge_validator_<name>`). docs/stats-and-access-log.md is
 //! this list.
 
 use crate::rejection::Rejection;

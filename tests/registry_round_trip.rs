@@ -161,7 +161,7 @@ fn the_image_pushed_to_a_registry_and_pulled_by_digest_is_the_plugin_the_manifes
     let tag = env!("CARGO_PKG_VERSION");
     let registry = Registry::start();
 
-    // Push, as the README says (skopeo), keeping the digest.
+    // Push, as docs/deploying.md says (skopeo), keeping the digest.
     let pushed = Command::new("skopeo")
         .args([
             "--insecure-policy",

@@ -3,7 +3,7 @@
 //! an allowed request, a 403 naming the missing scope, an expired token
 //! saying how long ago it expired, lint warnings, and no request beyond the
 //! page's own files. It saves a screenshot (`target/inspector/screenshot.png`;
-//! the README shows a copy, `docs/inspector.png`).
+//! docs/inspector.md shows a copy, `docs/inspector.png`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::{SocketAddr, TcpListener};

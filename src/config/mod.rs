@@ -461,7 +461,7 @@ mod tests {
 /// The README's configuration reference is the configuration: every field
 /// it lists exists with the default it states, and every field exists in it.
 #[cfg(test)]
-mod readme_tests {
+mod docs_tests {
     use std::collections::BTreeSet;
 
     use serde::de::DeserializeOwned;
@@ -473,11 +473,14 @@ mod readme_tests {
     use crate::reference::introspection::IntrospectionConfig;
     use crate::testing as testkit;
 
+    /// The configuration reference, and the README (its identity headers).
+    const REFERENCE: &str = include_str!("../../docs/configuration.md");
     const README: &str = include_str!("../../README.md");
 
-    /// The rows of the first table under `heading`: cells, backticks kept.
-    fn table(heading: &str) -> Vec<Vec<String>> {
-        let section = README.split(heading).nth(1).expect("heading in the README");
+    /// The rows of the first table under `heading` in `doc`: cells,
+    /// backticks kept.
+    fn table(doc: &str, heading: &str) -> Vec<Vec<String>> {
+        let section = doc.split(heading).nth(1).expect("heading in the document");
         section
             .lines()
             .skip_while(|l| !l.starts_with('|'))
@@ -510,7 +513,7 @@ mod readme_tests {
     }
 
     fn documented() -> Vec<(String, String)> {
-        table("## Configuration reference")
+        table(REFERENCE, "# Configuration reference")
             .into_iter()
             .flat_map(|row| {
                 let default = row.get(1).cloned().unwrap_or_default();
@@ -530,7 +533,10 @@ mod readme_tests {
         }
         let readme: BTreeSet<String> = documented().into_iter().map(|(n, _)| n).collect();
         assert_eq!(readme, code, "README configuration table vs configuration structs");
-        let rules: BTreeSet<String> = table("A route rule:").iter().flat_map(|row| names(&row[0])).collect();
+        let rules: BTreeSet<String> = table(REFERENCE, "A route rule:")
+            .iter()
+            .flat_map(|row| names(&row[0]))
+            .collect();
         assert_eq!(rules, fields::<RouteRule>(), "README route-rule table vs RouteRule");
     }
 
@@ -559,7 +565,7 @@ mod readme_tests {
 
     #[test]
     fn the_identity_header_table_lists_the_default_names() {
-        let listed: Vec<String> = table("Identity headers set on allowed requests")
+        let listed: Vec<String> = table(README, "Identity headers set on allowed requests")
             .iter()
             .flat_map(|r| names(&r[0]))
             .collect();
