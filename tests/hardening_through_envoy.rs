@@ -286,12 +286,19 @@ fn the_admin_interface_listens_on_loopback_only() {
     let stack = stack();
     assert!(stack.envoy.admin.ip().is_loopback());
     let root = erp_devstack::envoy::repo_root();
-    let compose = std::fs::read_to_string(root.join("envoy/docker-compose.yaml")).unwrap();
-    assert!(
-        compose.contains("\"127.0.0.1:9901:9901\""),
-        "published on loopback only"
-    );
-    assert!(!compose.contains("\"9901:9901\""));
+    // The compose stack: every container on the host's network (no
+    // bridge, nothing published), so the admin address its Envoy
+    // configuration names, 127.0.0.1, is the host's loopback and nothing else.
+    let compose: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root.join("envoy/docker-compose.yaml")).unwrap()).unwrap();
+    for (name, service) in compose["services"].as_object().unwrap() {
+        assert_eq!(service["network_mode"], "host", "{name}");
+        assert!(service.get("ports").is_none(), "{name} publishes ports");
+        assert!(service.get("networks").is_none(), "{name} joins a network");
+    }
+    let envoy: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root.join("envoy/envoy.compose.yaml")).unwrap()).unwrap();
+    assert_eq!(envoy["admin"]["address"]["socket_address"]["address"], "127.0.0.1");
 }
 
 #[test]
