@@ -123,6 +123,7 @@ fn main() {
         method: "GET",
         path: "/api/domain/odata/Customers?$top=10",
         headers: &headers,
+        has_body: false,
     };
     let mut cache = Remembered::new(10_000, 0);
     bench("decide: cached token (hash, lookup, scopes)", || {

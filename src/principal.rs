@@ -54,6 +54,50 @@ pub(crate) fn same_header_name(name: &str, target: &str) -> bool {
             .all(|(a, b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
 }
 
+/// Headers that make some frameworks serve another method or path than the
+/// one the route rules decided on: refused on a request, never set.
+pub(crate) const OVERRIDE_HEADERS: [&str; 5] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// Why the filter must never set a header of this name, if it must not:
+/// hop-by-hop and framing headers, `host`, Envoy's and the proxies'
+/// own (`x-envoy-*`, `x-forwarded-*`, `forwarded`, `x-request-id`), the
+/// override headers and `authorization`, also in their `_` spellings.
+pub(crate) fn reserved_header(name: &str) -> Option<&'static str> {
+    const HOP_BY_HOP: [&str; 10] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    ];
+    let lower = name.to_ascii_lowercase().replace('_', "-");
+    let is = |list: &[&str]| list.iter().any(|h| *h == lower);
+    if is(&HOP_BY_HOP) {
+        Some("a hop-by-hop or framing header")
+    } else if lower == "host" {
+        Some("the request's host")
+    } else if lower.starts_with("x-envoy-") || lower.starts_with("x-forwarded-") || is(&["forwarded", "x-request-id"]) {
+        Some("a header Envoy or the proxies in front of it set")
+    } else if is(&OVERRIDE_HEADERS) {
+        Some("a method or URL override header")
+    } else if lower == "authorization" {
+        Some("a credential header")
+    } else {
+        None
+    }
+}
+
 impl IdentityHeaders {
     /// The headers a client sent that look like identity headers, as the
     /// request names them, to be removed before anything else happens: every
@@ -145,8 +189,13 @@ pub struct ClaimToHeader {
 /// The values of `mappings` in a token's claims or an introspection answer:
 /// strings as they are, numbers and booleans as JSON writes them, arrays of
 /// those joined by spaces. Absent, null, object or mixed values give no
-/// header.
-pub(crate) fn mapped_claims(root: &serde_json::Value, mappings: &[ClaimToHeader]) -> Vec<(String, String)> {
+/// header. A list element with a space or a comma, or with whitespace at
+/// either end, refuses the token: once joined, the elements could not be
+/// told apart (as scope elements).
+pub(crate) fn mapped_claims(
+    root: &serde_json::Value,
+    mappings: &[ClaimToHeader],
+) -> Result<Vec<(String, String)>, TokenProblem> {
     use serde_json::Value;
     let scalar = |v: &Value| match v {
         Value::String(s) => Some(s.clone()),
@@ -154,17 +203,26 @@ pub(crate) fn mapped_claims(root: &serde_json::Value, mappings: &[ClaimToHeader]
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
     };
-    mappings
-        .iter()
-        .filter_map(|m| {
-            let value = m.claim.split('.').try_fold(root, |v, key| v.get(key))?;
-            let text = match value {
-                Value::Array(items) => items.iter().map(scalar).collect::<Option<Vec<_>>>()?.join(" "),
-                other => scalar(other)?,
-            };
-            Some((m.header.clone(), text))
-        })
-        .collect()
+    let ambiguous = |s: &String| s.contains([' ', ',']) || s.trim() != s;
+    let mut out = Vec::new();
+    for m in mappings {
+        let Some(value) = m.claim.split('.').try_fold(root, |v, key| v.get(key)) else {
+            continue;
+        };
+        let text = match value {
+            Value::Array(items) => match items.iter().map(scalar).collect::<Option<Vec<_>>>() {
+                Some(elements) if elements.iter().any(ambiguous) => return Err(TokenProblem::AmbiguousClaimList),
+                Some(elements) => elements.join(" "),
+                None => continue,
+            },
+            other => match scalar(other) {
+                Some(text) => text,
+                None => continue,
+            },
+        };
+        out.push((m.header.clone(), text));
+    }
+    Ok(out)
 }
 
 /// A claim that is one string or an array of strings, read in one pass.
@@ -429,7 +487,7 @@ mod tests {
             map("absent.path", "x-absent"),
         ];
         assert_eq!(
-            mapped_claims(&claims, &mappings),
+            mapped_claims(&claims, &mappings).unwrap(),
             [
                 ("x-user-type".to_string(), "Internal".to_string()),
                 ("x-unit".into(), "42".into()),
@@ -437,6 +495,31 @@ mod tests {
                 ("x-audiences".into(), "DomainAPI TableAPI".into()),
             ]
         );
+    }
+
+    #[test]
+    fn a_list_element_that_would_blur_into_its_neighbours_refuses_the_token() {
+        let mappings = [ClaimToHeader {
+            claim: "groups".into(),
+            header: "x-groups".into(),
+        }];
+        for groups in [
+            json!(["admins", "a b"]),
+            json!(["admins,users"]),
+            json!([" admins"]),
+            json!(["admins\t"]),
+        ] {
+            assert_eq!(
+                mapped_claims(&json!({ "groups": groups }), &mappings),
+                Err(TokenProblem::AmbiguousClaimList),
+                "{groups}"
+            );
+        }
+        let fine = mapped_claims(&json!({"groups": ["admins", "users"]}), &mappings).unwrap();
+        assert_eq!(fine, [("x-groups".to_string(), "admins users".to_string())]);
+        // A single string is not a list: its spaces are its own.
+        let one = mapped_claims(&json!({"groups": "admins and users"}), &mappings).unwrap();
+        assert_eq!(one[0].1, "admins and users");
     }
 
     #[test]

@@ -250,7 +250,9 @@ fn token_reason(problem: TokenProblem) -> Option<Stat> {
         | TokenProblem::ReferenceNotAccepted
         | TokenProblem::MalformedReference
         | TokenProblem::MalformedAnswerScope
-        | TokenProblem::UnsafeClaim => Stat::DeniedMalformed,
+        | TokenProblem::UnsafeClaim
+        | TokenProblem::AmbiguousClaimList
+        | TokenProblem::UnreadableClaims => Stat::DeniedMalformed,
     })
 }
 

@@ -97,6 +97,13 @@ pub enum TokenProblem {
     /// A claim bound for an identity header holds characters a header
     /// cannot carry (refused, not cut).
     UnsafeClaim,
+    /// An element of a list claim mapped to a header (`claims_to_headers`)
+    /// holds a space or a comma, or starts or ends with whitespace: joined
+    /// by spaces, the upstream could not tell the elements apart.
+    AmbiguousClaimList,
+    /// Claims are mapped to headers, but the verified token's payload (or
+    /// the identity service's answer) could not be read again for them.
+    UnreadableClaims,
 }
 
 impl TokenProblem {
@@ -110,6 +117,8 @@ impl TokenProblem {
             Self::Inactive => "the token is not active",
             Self::MalformedAnswerScope => "the token's scope is malformed",
             Self::UnsafeClaim => "a claim holds characters a header cannot carry",
+            Self::AmbiguousClaimList => "a list claim holds an element a header cannot carry unambiguously",
+            Self::UnreadableClaims => "the token's claims could not be read for its headers",
         }
     }
 }

@@ -243,6 +243,25 @@ fn method_and_url_override_headers_are_refused() {
 }
 
 #[test]
+fn a_report_only_rule_does_not_let_override_headers_through() {
+    let stack = stack_with(json!({"routes": [
+        {"prefix": "/api/domain/", "methods": ["GET", "HEAD"], "all_of": ["read"], "report_only": true},
+        {"prefix": "/api/domain/", "methods": ["POST", "PUT", "PATCH", "MERGE", "DELETE"], "all_of": ["update"]}
+    ]}));
+    let auth = bearer(&stack.idp.access_token(&["DomainApi", "read"]));
+    let r = stack.request(
+        "GET",
+        CUSTOMERS,
+        &[("authorization", &auth), ("X-HTTP-Method-Override", "DELETE")],
+    );
+    assert_rejected(&r, 400, "invalid_request");
+    assert_eq!(stack.echo.count(), 0, "the override reached the upstream");
+    // The rule's own refusals are still only reported.
+    assert_eq!(stack.get(CUSTOMERS, &[]).status, 200);
+    assert_eq!(stack.echo.count(), 1);
+}
+
+#[test]
 fn a_lower_case_method_never_reaches_the_upstream() {
     let stack = stack_with(json!({"unmatched_routes": "authenticated"}));
     let token = stack.idp.access_token(&["read"]);
@@ -344,6 +363,37 @@ fn cors_preflights_pass_without_a_credential_only_when_configured() {
     let off = stack();
     assert_eq!(off.request("OPTIONS", CUSTOMERS, &preflight).status, 403);
     assert_eq!(off.echo.count(), 0);
+}
+
+#[test]
+fn a_preflight_with_a_body_or_for_a_route_no_rule_allows_is_not_bypassed() {
+    let stack = stack_with(json!({"bypass_cors_preflight": true}));
+    let preflight = |method: &'static str| {
+        [
+            ("origin", "https://app.erp.test"),
+            ("access-control-request-method", method),
+        ]
+    };
+    // With a body: judged as any OPTIONS (no rule for it: 403), never passed.
+    let r = stack
+        .try_request("OPTIONS", CUSTOMERS, &preflight("POST"), b"{\"x\":1}")
+        .unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    let chunked = format!(
+        "OPTIONS {CUSTOMERS} HTTP/1.1\r\nhost: x\r\nconnection: close\r\norigin: https://app.erp.test\r\n\
+         access-control-request-method: POST\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    );
+    let r = erp_devstack::client::send_raw(stack.envoy.listener, chunked.as_bytes()).unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    // For a path or a method no rule allows.
+    assert_eq!(
+        stack.request("OPTIONS", "/internal/admin", &preflight("GET")).status,
+        403
+    );
+    assert_eq!(stack.request("OPTIONS", CUSTOMERS, &preflight("TRACE")).status, 403);
+    assert_eq!(stack.echo.count(), 0, "a request reached the upstream");
+    // The plain preflight still passes.
+    assert_eq!(stack.request("OPTIONS", CUSTOMERS, &preflight("POST")).status, 200);
 }
 
 #[test]

@@ -323,6 +323,18 @@ pub fn sign(header: &Value, claims: &Value, key: &SigningKey) -> String {
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
 }
 
+/// Signs a payload given as bytes (which need not be valid JSON or UTF-8)
+/// with RS256.
+pub fn sign_payload(header: &Value, payload: &[u8], key: &SigningKey) -> String {
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(payload)
+    );
+    let signature = key.sign_rs256(input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
 /// Signs with HMAC-SHA256 under `secret` (the key-confusion attack).
 pub fn sign_hs256(header: &Value, claims: &Value, secret: &[u8]) -> Result<String, Error> {
     let input = signing_input(header, claims);

@@ -393,6 +393,46 @@ mod tests {
     }
 
     #[test]
+    fn headers_the_filter_must_never_set_are_refused_in_both_sections() {
+        let dangerous = [
+            "connection",
+            "Keep-Alive",
+            "te",
+            "transfer-encoding",
+            "transfer_encoding",
+            "content-length",
+            "upgrade",
+            "host",
+            "x-envoy-original-path",
+            "x_envoy_upstream_rq_timeout_ms",
+            "x-forwarded-for",
+            "x_forwarded_proto",
+            "forwarded",
+            "x-request-id",
+            "x_request_id",
+            "x-http-method-override",
+            "x_original_url",
+            "authorization",
+        ];
+        for name in dangerous {
+            let err = config_with(|d| d["identity_headers"] = serde_json::json!({"subject": name})).unwrap_err();
+            assert_eq!(err.field, "identity_headers", "{name}");
+            let err = config_with(|d| {
+                d["claims_to_headers"] = serde_json::json!([{"claim": "sub", "header": name.to_ascii_lowercase()}])
+            })
+            .unwrap_err();
+            assert_eq!(err.field, "claims_to_headers[0].header", "{name}: {err}");
+            assert!(
+                err.problem.contains("never sets it") || name == "authorization",
+                "{name}: {err}"
+            );
+        }
+        // Ordinary names still pass.
+        config_with(|d| d["claims_to_headers"] = serde_json::json!([{"claim": "sub", "header": "x-user"}])).unwrap();
+        config_with(|d| d["identity_headers"] = serde_json::json!({"subject": "x-subject"})).unwrap();
+    }
+
+    #[test]
     fn identity_header_may_not_shadow_a_credential_header() {
         let err = config_with(|d| d["identity_headers"] = serde_json::json!({"subject": "X-Api-Key"})).unwrap_err();
         assert_eq!(err.field, "identity_headers");

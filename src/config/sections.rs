@@ -3,7 +3,7 @@
 //! headers, each against the names the others already use.
 
 use crate::config_error::ConfigError;
-use crate::principal::{ClaimToHeader, IdentityHeaders};
+use crate::principal::{reserved_header, ClaimToHeader, IdentityHeaders};
 
 pub(super) fn is_header_name(name: &str) -> bool {
     !name.is_empty()
@@ -53,6 +53,12 @@ pub(super) fn identity_headers(
         if names[..i].contains(name) {
             return Err(ConfigError::new("identity_headers", format!("`{name}` is used twice")));
         }
+        if let Some(why) = reserved_header(name) {
+            return Err(ConfigError::new(
+                "identity_headers",
+                format!("`{name}` is {why}: the filter never sets it"),
+            ));
+        }
         if *name == "authorization" || api_key_headers.iter().any(|h| h == name) {
             return Err(ConfigError::new(
                 "identity_headers",
@@ -79,6 +85,12 @@ pub(super) fn check_claims_to_headers(
             return Err(ConfigError::new(
                 field("claim"),
                 "must be a claim name or a dot path like `a.b`",
+            ));
+        }
+        if let Some(why) = reserved_header(&m.header) {
+            return Err(ConfigError::new(
+                field("header"),
+                format!("`{}` is {why}: the filter never sets it", m.header),
             ));
         }
         let taken = identity_names.contains(&m.header.as_str())

@@ -9,7 +9,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use super::request::{check_request, is_cors_preflight, RequestHead};
+use super::request::{check_request, passes_as_preflight, RequestHead};
 use crate::config::Config;
 use crate::decision::credential::{self, Credential, TokenKind};
 use crate::decision::verified_cache::{Remembered, VerifiedCache};
@@ -216,6 +216,12 @@ impl Engine {
     /// The first pass over a request, against the current signing `keys`
     /// and what this worker remembers. `now` is seconds since the epoch.
     pub fn decide(&self, request: &RequestHead<'_>, keys: &KeySet, memory: &mut Remembered, now: u64) -> Step {
+        // The request-wide checks: only the whole filter's report-only mode
+        // softens them. A rule's report-only mode is about its own route,
+        // and an override header would make the upstream serve another.
+        if let Err(rejection) = check_request(request) {
+            return Step::Done(self.settle(Verdict::Deny(rejection), self.config.report_only));
+        }
         match self.first_pass(request, keys, memory, now) {
             Ok(Step::Done(verdict)) => Step::Done(self.settle(verdict, self.report_only(request))),
             Ok(step) => step,
@@ -306,8 +312,7 @@ impl Engine {
         memory: &mut Remembered,
         now: u64,
     ) -> Result<Step, Rejection> {
-        check_request(request)?;
-        if self.config.bypass_cors_preflight && is_cors_preflight(request) {
+        if passes_as_preflight(&self.config, request) {
             return Ok(Step::Done(Verdict::Allow(Allowed {
                 identity: None,
                 remove_header: None,
@@ -344,12 +349,14 @@ impl Engine {
                 Ok(identity) => self
                     .allow(access, identity, credential.header)
                     .map(|allowed| Step::Done(Verdict::Allow(allowed))),
-                Err(JwtError::UnknownKey) if self.config.remote_jwks.is_some() => Ok(Step::AwaitKeys(PendingJwt {
-                    token: Secret::new(credential.token),
-                    access: access.clone(),
-                    credential_header: credential.header.to_owned(),
-                    report_only: self.report_only(request),
-                })),
+                Err(TokenProblem::Jwt(JwtError::UnknownKey)) if self.config.remote_jwks.is_some() => {
+                    Ok(Step::AwaitKeys(PendingJwt {
+                        token: Secret::new(credential.token),
+                        access: access.clone(),
+                        credential_header: credential.header.to_owned(),
+                        report_only: self.report_only(request),
+                    }))
+                }
                 Err(e) => Err(e.into()),
             },
             TokenKind::Reference => self.reference(access, &credential, self.report_only(request)),
@@ -384,10 +391,10 @@ impl Engine {
         keys: &KeySet,
         verified: &mut VerifiedCache,
         now: u64,
-    ) -> Result<Rc<Identity>, JwtError> {
+    ) -> Result<Rc<Identity>, TokenProblem> {
         let host = self.rsa_host.as_deref();
         bump(&self.verifications.jwt_misses);
-        let checked = jwt::verify_with(token, keys, &self.claim_rules(), now, host)?;
+        let checked = jwt::verify_with(token, keys, &self.claim_rules(), now, host).map_err(TokenProblem::Jwt)?;
         let counter = if checked.by_host {
             &self.verifications.host
         } else {
@@ -396,13 +403,12 @@ impl Engine {
         bump(counter);
         let mut principal = checked.principal;
         if !self.config.claims_to_headers.is_empty() {
-            principal.claims = token_claims(token)
-                .map(|claims| mapped_claims(&claims, &self.config.claims_to_headers))
-                .unwrap_or_default();
+            let claims = token_claims(token).ok_or(TokenProblem::UnreadableClaims)?;
+            principal.claims = mapped_claims(&claims, &self.config.claims_to_headers)?;
         }
         let identity = match self.identity(principal, || secret::hash_token(token)) {
             Ok(identity) => identity,
-            Err(_) => return Err(JwtError::UnsafeClaim),
+            Err(_) => return Err(TokenProblem::Jwt(JwtError::UnsafeClaim)),
         };
         let until = identity
             .principal

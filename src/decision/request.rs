@@ -1,7 +1,8 @@
 //! What no request may be, whatever its route and credential, and the
 //! parts of a request the decision reads.
 
-use crate::principal::same_header_name;
+use crate::config::Config;
+use crate::principal::{same_header_name, OVERRIDE_HEADERS};
 use crate::rejection::Rejection;
 
 /// The parts of a request the decision reads.
@@ -10,17 +11,11 @@ pub struct RequestHead<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub headers: &'a [(&'a str, &'a str)],
+    /// Whether a body (or trailers) follows the headers. Envoy's codecs
+    /// keep `transfer-encoding` from the filters, so this is the host's
+    /// word (the headers were not the end of the stream).
+    pub has_body: bool,
 }
-
-/// Headers that make some frameworks serve another method or path than the
-/// one the route rules decided on: refused, never passed on.
-const OVERRIDE_HEADERS: [&str; 5] = [
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-original-url",
-    "x-rewrite-url",
-];
 
 /// What no request may be, whatever its route and credential.
 pub(crate) fn check_request(request: &RequestHead<'_>) -> Result<(), Rejection> {
@@ -56,4 +51,27 @@ pub(crate) fn is_cors_preflight(request: &RequestHead<'_>) -> bool {
             .any(|(n, v)| same_header_name(n, name) && !v.is_empty())
     };
     request.method == "OPTIONS" && has("origin") && has("access-control-request-method")
+}
+
+/// Whether the request passes as a CORS preflight without a credential
+/// (`bypass_cors_preflight`): a preflight with no body (no
+/// `transfer-encoding`, `content-length` absent or 0), for a method and
+/// path some rule would let through (a preflight never opens a path the
+/// rules deny outright).
+pub(crate) fn passes_as_preflight(config: &Config, request: &RequestHead<'_>) -> bool {
+    if !config.bypass_cors_preflight || !is_cors_preflight(request) {
+        return false;
+    }
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|(n, _)| same_header_name(n, name))
+            .map(|(_, v)| *v)
+    };
+    let no_body = !request.has_body
+        && header("transfer-encoding").is_none()
+        && header("content-length").is_none_or(|v| v.trim() == "0");
+    let requested = header("access-control-request-method").unwrap_or_default();
+    no_body && config.policy.access(requested, request.path).is_ok()
 }

@@ -19,6 +19,7 @@ mod rules {
                 method,
                 path: "/api/domain/x",
                 headers,
+                has_body: false,
             };
             engine.decide(&head, &engine.config().inline_keys, &mut Remembered::new(10, 10), NOW)
         };
@@ -60,6 +61,95 @@ mod rules {
     }
 
     #[test]
+    fn a_rules_report_only_never_softens_the_request_wide_checks() {
+        let engine = Engine::new(testkit::config_from(|c| {
+            c["routes"] = json!([
+                {"prefix": "/api/domain/", "methods": ["GET"], "all_of": ["read"], "report_only": true}
+            ]);
+        }));
+        let read = format!("Bearer {}", testkit::token(&["read"]));
+        let decide = |method: &str, headers: &[(&str, &str)]| {
+            let head = RequestHead {
+                method,
+                path: "/api/domain/x",
+                headers,
+                has_body: false,
+            };
+            engine.decide(&head, &engine.config().inline_keys, &mut Remembered::new(10, 10), NOW)
+        };
+        for (method, headers) in [
+            (
+                "GET",
+                vec![("authorization", read.as_str()), ("x-http-method-override", "DELETE")],
+            ),
+            ("GET", vec![("x-original-url", "/api/domain/admin")]),
+            ("get", vec![("authorization", read.as_str())]),
+        ] {
+            let step = decide(method, &headers);
+            assert!(
+                matches!(step, Step::Done(Verdict::Deny(Rejection::InvalidRequest(_)))),
+                "{method} {headers:?}: {step:?}"
+            );
+        }
+        // The rule's own refusals still pass, reported.
+        let step = decide("GET", &[]);
+        assert!(
+            matches!(&step, Step::Done(Verdict::Allow(a)) if a.would_deny == Some(Rejection::MissingCredential)),
+            "{step:?}"
+        );
+        // The whole filter in report-only mode reports them too.
+        let global = Engine::new(testkit::config_from(|c| c["report_only"] = json!(true)));
+        let head = RequestHead {
+            method: "GET",
+            path: "/api/domain/x",
+            headers: &[("x-http-method-override", "DELETE")],
+            has_body: false,
+        };
+        let step = global.decide(&head, &global.config().inline_keys, &mut Remembered::new(10, 10), NOW);
+        assert!(
+            matches!(&step, Step::Done(Verdict::Allow(a)) if matches!(a.would_deny, Some(Rejection::InvalidRequest(_)))),
+            "{step:?}"
+        );
+    }
+
+    #[test]
+    fn mapped_claims_that_cannot_be_read_or_would_blur_refuse_the_token() {
+        let engine = Engine::new(testkit::config_from(|c| {
+            c["claims_to_headers"] = json!([{"claim": "groups", "header": "x-groups"}])
+        }));
+        let decide = |token: &str| {
+            let auth = format!("Bearer {token}");
+            let head = RequestHead {
+                method: "GET",
+                path: "/api/domain/x",
+                headers: &[("authorization", &auth)],
+                has_body: false,
+            };
+            engine.decide(&head, &engine.config().inline_keys, &mut Remembered::new(10, 10), NOW)
+        };
+        // Invalid UTF-8 in a claim nobody names: never a pass without the
+        // mapped headers (the JWT reader already refuses it; were it to
+        // verify, the re-reading would: `TokenProblem::UnreadableClaims`).
+        let claims = erp_devstack::tokens::claims(NOW, &["read"]).to_string();
+        let mut payload = claims.trim_end_matches('}').as_bytes().to_vec();
+        payload.extend_from_slice(b",\"note\":\"\xff\"}");
+        let token =
+            erp_devstack::tokens::sign_payload(&erp_devstack::tokens::header(testkit::KID), &payload, testkit::key());
+        let step = decide(&token);
+        assert!(
+            matches!(step, Step::Done(Verdict::Deny(Rejection::InvalidToken(_)))),
+            "{step:?}"
+        );
+        let blurred = testkit::token_with(|_, c| c["groups"] = json!(["admins", "read only"]));
+        assert_eq!(
+            decide(&blurred),
+            Step::Done(Verdict::Deny(Rejection::InvalidToken(TokenProblem::AmbiguousClaimList)))
+        );
+        let fine = testkit::token_with(|_, c| c["groups"] = json!(["admins", "readers"]));
+        assert!(matches!(decide(&fine), Step::Done(Verdict::Allow(_))));
+    }
+
+    #[test]
     fn claims_to_headers_carry_jwt_claims_upstream() {
         let engine = Engine::new(testkit::config_from(|c| {
             c["claims_to_headers"] = json!([
@@ -73,6 +163,7 @@ mod rules {
             method: "GET",
             path: "/api/domain/x",
             headers: &[("authorization", &auth)],
+            has_body: false,
         };
         let mut memory = Remembered::new(10, 10);
         for pass in 0..2 {
@@ -120,6 +211,7 @@ mod rules {
                     method,
                     path: "/api/domain/x",
                     headers,
+                    has_body: false,
                 },
                 &engine.config().inline_keys,
                 &mut Remembered::new(10, 10),
@@ -152,7 +244,12 @@ mod rules {
     fn decide(method: &str, path: &str, headers: &[(&str, &str)]) -> Step {
         let engine = testkit::engine();
         engine.decide(
-            &RequestHead { method, path, headers },
+            &RequestHead {
+                method,
+                path,
+                headers,
+                has_body: false,
+            },
             &engine.config().inline_keys,
             &mut Remembered::new(10, 10),
             NOW,
@@ -286,6 +383,7 @@ mod rules {
                 method,
                 path: "/api/domain/x",
                 headers: &[header],
+                has_body: false,
             },
             &engine.config().inline_keys,
             &mut Remembered::new(10, 10),
@@ -326,6 +424,7 @@ mod rules {
                     method: "GET",
                     path: "/api/domain/x",
                     headers: &[("x-api-key", token)],
+                    has_body: false,
                 },
                 &engine.config().inline_keys,
                 &mut Remembered::new(10, 10),
@@ -414,6 +513,7 @@ mod rules {
             method,
             path: "/api/domain/x",
             headers: &[("x-api-key", PAT)],
+            has_body: false,
         };
         let keys = &engine.config().inline_keys;
         let Step::Done(Verdict::Allow(allowed)) = engine.decide(&request("GET"), keys, &mut memory, until) else {
@@ -446,6 +546,7 @@ mod rules {
             method: "GET",
             path: "/api/domain/x",
             headers: &headers,
+            has_body: false,
         };
         assert!(matches!(
             engine.decide(&request, &engine.config().inline_keys, &mut verified, NOW),
@@ -486,6 +587,7 @@ mod rules {
                 method: "GET",
                 path: "/api/domain/x",
                 headers: &[("x-api-key", PAT)],
+                has_body: false,
             },
             &engine.config().inline_keys,
             &mut Remembered::new(10, 10),
@@ -501,6 +603,7 @@ mod rules {
                 method: "GET",
                 path: "/api/domain/x",
                 headers: &[("authorization", &auth)],
+                has_body: false,
             },
             &remote.config().inline_keys,
             &mut Remembered::new(10, 10),
@@ -528,6 +631,7 @@ mod rules {
                 method: "GET",
                 path: "/api/domain/x",
                 headers: &headers,
+                has_body: false,
             },
             &engine.config().inline_keys,
             &mut Remembered::new(10, 10),
@@ -563,6 +667,7 @@ mod remote_keys {
                 method: &method,
                 path: "/api/domain/x",
                 headers: &headers,
+                has_body: false,
             },
             keys,
             &mut Remembered::new(10, 10),

@@ -265,7 +265,7 @@ impl Context for Http {
 }
 
 impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
             send_reply(&Rejection::Unavailable("the filter is not configured"), DEFAULT_REALM);
             return Action::Pause;
@@ -285,7 +285,7 @@ impl HttpContext for Http {
                 return Action::Pause;
             }
         }
-        let head = request_head(&headers);
+        let head = request_head(&headers, !end_of_stream);
         let id = self.context_id;
         let clock = now();
         #[cfg(feature = "warm-passes")]
@@ -295,12 +295,13 @@ impl HttpContext for Http {
 }
 
 /// The request as the decision reads it.
-fn request_head<'a>(headers: &'a [(&'a str, &'a str)]) -> RequestHead<'a> {
+fn request_head<'a>(headers: &'a [(&'a str, &'a str)], has_body: bool) -> RequestHead<'a> {
     let pseudo = |name: &str| headers.iter().find(|(n, _)| *n == name).map_or("", |(_, v)| *v);
     RequestHead {
         method: pseudo(":method"),
         path: pseudo(":path"),
         headers,
+        has_body,
     }
 }
 
@@ -326,7 +327,7 @@ fn warm_passes(shared: &Shared, raw: Option<&[u8]>, stream: ContextId, clock: Op
         let effects = shared
             .worker
             .borrow_mut()
-            .request(stream, &request_head(&headers), clock, &HostStore);
+            .request(stream, &request_head(&headers, false), clock, &HostStore);
         std::hint::black_box((copies, effects));
     }
 }

@@ -67,6 +67,7 @@ pub(super) fn decide_and_check(engine: &Engine, method: &str, path: &str, pairs:
         method,
         path,
         headers: pairs,
+        has_body: false,
     };
     let mut memory = Remembered::new(4, 4);
     let step = engine.decide(&request, &engine.config().inline_keys, &mut memory, NOW);
@@ -113,6 +114,7 @@ pub(super) fn decide_and_check(engine: &Engine, method: &str, path: &str, pairs:
             method: "GET",
             path: "/api/domain/x",
             headers: &[("authorization", &alone)],
+            has_body: false,
         };
         engine.decide(&head, &engine.config().inline_keys, &mut warm, NOW);
     }

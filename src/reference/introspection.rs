@@ -238,6 +238,17 @@ pub(crate) fn read_answer(
     } else {
         PrincipalKind::ReferenceService
     };
+    // Read again as a whole only when fields are mapped.
+    let claims = match rules.claims_to_headers {
+        [] => Vec::new(),
+        mappings => match serde_json::from_slice(body) {
+            Err(_) => return Ok(Answer::Refused(TokenProblem::UnreadableClaims)),
+            Ok(answer) => match mapped_claims(&answer, mappings) {
+                Ok(claims) => claims,
+                Err(problem) => return Ok(Answer::Refused(problem)),
+            },
+        },
+    };
     Ok(Answer::Active(Principal {
         kind,
         client_id: response.client_id,
@@ -246,11 +257,7 @@ pub(crate) fn read_answer(
         system_user: response.client_system_user,
         scopes,
         expires_at: response.exp.unwrap_or(u64::MAX),
-        // Read again as a whole only when fields are mapped.
-        claims: match rules.claims_to_headers {
-            [] => Vec::new(),
-            mappings => serde_json::from_slice(body).map_or_else(|_| Vec::new(), |v| mapped_claims(&v, mappings)),
-        },
+        claims,
     }))
 }
 
@@ -298,6 +305,33 @@ mod tests {
             panic!("active")
         };
         assert!(p.claims.is_empty(), "nothing mapped, nothing read");
+    }
+
+    #[test]
+    fn an_answer_that_cannot_be_read_for_its_mapped_fields_is_refused() {
+        let mappings = [ClaimToHeader {
+            claim: "groups".into(),
+            header: "x-groups".into(),
+        }];
+        let rules = AnswerRules {
+            claims_to_headers: &mappings,
+            ..RULES
+        };
+        // Invalid UTF-8 in a field nobody names: the typed reading skips
+        // it, the whole reading for the mapped fields cannot.
+        let mut body = br#"{"active": true, "scope": "read", "client_id": "app", "note": ""#.to_vec();
+        body.extend_from_slice(b"\xff\xfe\"}");
+        let typed = read_answer(Some("200"), &body, NOW, RULES);
+        assert!(matches!(typed, Ok(Answer::Active(_))), "{typed:?}");
+        assert_eq!(
+            read_answer(Some("200"), &body, NOW, rules),
+            Ok(Answer::Refused(TokenProblem::UnreadableClaims))
+        );
+        let ambiguous = br#"{"active": true, "scope": "read", "client_id": "app", "groups": ["a", "b c"]}"#;
+        assert_eq!(
+            read_answer(Some("200"), ambiguous, NOW, rules),
+            Ok(Answer::Refused(TokenProblem::AmbiguousClaimList))
+        );
     }
 
     #[test]

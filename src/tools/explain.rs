@@ -25,7 +25,7 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::config_error::ConfigError;
 use crate::decision::credential::{self, TokenKind};
-use crate::decision::request::{check_request, is_cors_preflight};
+use crate::decision::request::{check_request, passes_as_preflight};
 use crate::decision::verified_cache::{Remembered, VerifiedCache};
 use crate::decision::{Engine, RequestHead, Step, Verdict};
 use crate::jwt::jwks::KeySet;
@@ -103,6 +103,7 @@ pub fn explain(inputs: &Inputs<'_>) -> Result<Trace, ConfigError> {
         method: inputs.method,
         path: inputs.path,
         headers: &pairs,
+        has_body: false,
     };
     let mut checks = Vec::new();
     let route_index = narrate_route(&config, &config_value, &head, &mut checks);
@@ -244,10 +245,10 @@ fn narrate_route(config: &Config, raw: &Value, head: &RequestHead<'_>, checks: &
             return None;
         }
     }
-    if config.bypass_cors_preflight && is_cors_preflight(head) {
+    if passes_as_preflight(config, head) {
         checks.push(pass(
             "CORS preflight",
-            "OPTIONS with Origin and Access-Control-Request-Method: passes without a credential (bypass_cors_preflight)",
+            "OPTIONS with Origin and Access-Control-Request-Method, no body, for a method and path a rule allows: passes without a credential (bypass_cors_preflight)",
         ));
         return None;
     }
@@ -317,8 +318,8 @@ fn fail(name: &str, detail: impl Into<String>) -> Check {
 
 /// The credential, and for a JWT each check `jwt::verify_with` makes.
 fn narrate_credential(config: &Config, keys: &KeySet, head: &RequestHead<'_>, now: u64, checks: &mut Vec<Check>) {
-    let public = matches!(config.policy.access(head.method, head.path), Ok(Access::Public))
-        || (config.bypass_cors_preflight && is_cors_preflight(head));
+    let public =
+        matches!(config.policy.access(head.method, head.path), Ok(Access::Public)) || passes_as_preflight(config, head);
     if public || check_request(head).is_err() || config.policy.access(head.method, head.path).is_err() {
         return;
     }

@@ -137,6 +137,7 @@ mod tests {
             method,
             path: "/api/domain/odata/Customers",
             headers,
+            has_body: false,
         };
         let Step::Done(verdict) = engine.decide(&head, &engine.config().inline_keys, &mut memory, NOW) else {
             panic!("not decided at once");
@@ -232,6 +233,7 @@ mod tests {
             method: "GET",
             path: "/api/domain/odata/Customers",
             headers: &[("authorization", &auth)],
+            has_body: false,
         };
         let Step::Done(Verdict::Allow(allowed)) = engine.decide(&head, &engine.config().inline_keys, &mut memory, NOW)
         else {

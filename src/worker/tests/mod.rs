@@ -243,6 +243,7 @@ impl Host {
             method,
             path: "/api/domain/odata/Customers",
             headers: &headers,
+            has_body: false,
         };
         let now = self.now();
         let racing = Racing::new(&self.store, writes);
