@@ -114,6 +114,17 @@ fn each_decision_reaches_the_access_log_with_client_kind_reason_and_fingerprint_
     let v = line(&stack, "/api/domain/log/none");
     assert_line(&v, 401, None, None, "denied_no_credential", None);
 
+    // A credential that is not a well-formed token (a password sent as an
+    // API key) is neither named nor fingerprinted.
+    let r = stack.request(
+        "GET",
+        "/api/domain/log/password",
+        &[("x-api-key", "correct-horse-battery")],
+    );
+    assert_eq!(r.status, 401);
+    let v = line(&stack, "/api/domain/log/password");
+    assert_line(&v, 401, None, None, "denied_malformed", None);
+
     // Reference tokens: decided after the introspection callout.
     let pat = stack
         .idp

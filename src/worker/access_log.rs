@@ -7,8 +7,9 @@
 
 use std::borrow::Cow;
 
-use crate::decision::credential::REFERENCE_PREFIX;
+use crate::decision::credential::{self, REFERENCE_PREFIX};
 use crate::decision::Allowed;
+use crate::jwt::jws::Jws;
 use crate::principal::Identity;
 use crate::rejection::Rejection;
 use crate::secret::{fingerprint, hash_token};
@@ -95,15 +96,19 @@ pub fn of_request<'a>(ending: Ending<'_>, token: Option<&str>, remembered: Optio
             token_fingerprint: "".into(),
         };
     };
+    // Only a well-formed token is named and fingerprinted: a credential
+    // that is not one may be a password sent as an API key, and even its
+    // hash is not to be logged.
+    let token_kind = if token.starts_with(REFERENCE_PREFIX) {
+        Some("reference").filter(|_| credential::is_well_formed_reference(token))
+    } else {
+        Some("jwt").filter(|_| Jws::parse(token).is_ok())
+    };
     Fields {
         client_id: "".into(),
-        token_kind: if token.starts_with(REFERENCE_PREFIX) {
-            "reference"
-        } else {
-            "jwt"
-        },
+        token_kind: token_kind.unwrap_or_default(),
         decision,
-        token_fingerprint: fingerprint(&hash_token(token)).into(),
+        token_fingerprint: token_kind.map_or("".into(), |_| fingerprint(&hash_token(token)).into()),
     }
 }
 
@@ -196,7 +201,7 @@ mod tests {
         let expired = testkit::token_with(|_, c| c["exp"] = serde_json::json!(NOW - 3600));
         let forged = testkit::flip_signature_byte(&testkit::token(&["read"]));
         type Headers<'a> = &'a [(&'a str, &'a str)];
-        let cases: [(Headers, &str, &str); 4] = [
+        let cases: [(Headers, &str, &str); 6] = [
             (
                 &[("authorization", &format!("Bearer {expired}"))],
                 "denied_expired",
@@ -208,6 +213,10 @@ mod tests {
                 "jwt",
             ),
             (&[], "denied_no_credential", ""),
+            // Not a token at all (a password sent as an API key): neither
+            // named nor fingerprinted.
+            (&[("x-api-key", "hunter2-correct-horse")], "denied_malformed", ""),
+            (&[("x-api-key", "enrt_1234")], "denied_malformed", ""),
             (
                 &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
                 "denied_two_credentials",
