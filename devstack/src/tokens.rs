@@ -8,7 +8,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use rsa::pkcs1v15::SigningKey as Pkcs1SigningKey;
 use rsa::pkcs8::{EncodePublicKey, LineEnding};
-use rsa::signature::{SignatureEncoding, Signer};
+use rsa::signature::{RandomizedSigner, SignatureEncoding, Signer};
 use rsa::traits::{PrivateKeyParts, PublicKeyParts};
 use rsa::RsaPrivateKey;
 use serde_json::{json, Value};
@@ -65,6 +65,14 @@ impl SigningKey {
     fn sign_rs256(&self, message: &[u8]) -> Vec<u8> {
         Pkcs1SigningKey::<Sha256>::new(self.private.clone())
             .sign(message)
+            .to_vec()
+    }
+
+    /// A PS256 signature (RSASSA-PSS, SHA-256, MGF1-SHA-256, a 32-byte
+    /// random salt) of `message`.
+    pub fn sign_ps256(&self, message: &[u8]) -> Vec<u8> {
+        rsa::pss::BlindedSigningKey::<Sha256>::new(self.private.clone())
+            .sign_with_rng(&mut rand::rngs::OsRng, message)
             .to_vec()
     }
 

@@ -50,6 +50,19 @@ fn es256_and_eddsa_tokens_verify_with_their_keys() {
 }
 
 #[test]
+fn an_es256_signature_with_high_s_is_refused() {
+    let token = curve_token(&p256_key(), |_, _| {});
+    let (_, signature) = parts(&token);
+    let low = p256::ecdsa::Signature::from_slice(&signature).unwrap();
+    assert!(low.normalize_s().is_none(), "the signer makes low-S signatures");
+    let (r, s) = low.split_scalars();
+    let high = p256::ecdsa::Signature::from_scalars(r, -s).unwrap();
+    let forged = with_signature(&token, &high.to_bytes());
+    assert_eq!(check(&forged).unwrap_err(), JwtError::BadSignature);
+    assert!(check(&token).is_ok());
+}
+
+#[test]
 fn curve_tokens_claims_are_read_only_under_a_good_signature() {
     for key in [p256_key(), ed25519_key()] {
         let token = curve_token(&key, |_, c| c["exp"] = json!("tomorrow"));

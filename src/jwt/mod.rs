@@ -43,10 +43,25 @@ fn verifies<A: JwtAlgorithm>(algorithm: A, key: &A::VerifyingKey, input: &[u8], 
     A::Signature::try_from_slice(signature).is_ok_and(|s| algorithm.verify_signature(&s, key, input))
 }
 
+/// An RSA signature is a number below the modulus, written in exactly the
+/// modulus's length (RFC 8017 §8.1.2, §8.2.2: "s out of range"). Checked
+/// here whatever the verifier below does: `s + n` must not pass as `s`.
+fn in_range(key: &rsa::RsaPublicKey, signature: &[u8]) -> bool {
+    use rsa::traits::PublicKeyParts;
+    signature.len() == key.size() && rsa::BigUint::from_bytes_be(signature) < *key.n()
+}
+
+/// Whether an ES256 signature's `s` is in the upper half of the group
+/// order. Both `s` and `n - s` verify; only the low one is accepted, so a
+/// token has one signature and one fingerprint.
+fn high_s(signature: &[u8]) -> bool {
+    p256::ecdsa::Signature::from_slice(signature).is_ok_and(|s| s.normalize_s().is_some())
+}
+
 /// The signature checked by the key in the module, with the algorithm the
 /// key is bound to.
 fn verified_in_module(algorithm: Algorithm, key: &PublicKey, input: &[u8], signature: &[u8]) -> Result<bool, JwtError> {
-    let rsa = |a: Rsa, key| verifies(a, key, input, signature);
+    let rsa = |a: Rsa, key| in_range(key, signature) && verifies(a, key, input, signature);
     Ok(match (algorithm, key) {
         (Algorithm::Rs256, PublicKey::Rsa(key)) => rsa(Rsa::rs256(), key),
         (Algorithm::Rs384, PublicKey::Rsa(key)) => rsa(Rsa::rs384(), key),
@@ -54,7 +69,7 @@ fn verified_in_module(algorithm: Algorithm, key: &PublicKey, input: &[u8], signa
         (Algorithm::Ps256, PublicKey::Rsa(key)) => rsa(Rsa::ps256(), key),
         (Algorithm::Ps384, PublicKey::Rsa(key)) => rsa(Rsa::ps384(), key),
         (Algorithm::Ps512, PublicKey::Rsa(key)) => rsa(Rsa::ps512(), key),
-        (Algorithm::Es256, PublicKey::P256(key)) => verifies(Es256, key, input, signature),
+        (Algorithm::Es256, PublicKey::P256(key)) => !high_s(signature) && verifies(Es256, key, input, signature),
         (Algorithm::EdDsa, PublicKey::Ed25519(key)) => verifies(Ed25519, key, input, signature),
         (Algorithm::Ed25519, PublicKey::Ed25519(key)) => verifies(Ed25519::with_specific_name(), key, input, signature),
         // Keys are bound to an algorithm of their own kind when parsed.
@@ -181,6 +196,58 @@ mod tests {
             Err(e) => e,
             Ok(p) => panic!("expected a failure, got {p:?}"),
         }
+    }
+
+    /// A PS256 key whose modulus leaves room below 2^2048 for `s + n`, and
+    /// a PS256 token under it whose `s + n` still fits in 256 bytes.
+    fn ps256_token_with_room() -> (KeySet, String, Vec<u8>) {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine as _;
+        use erp_devstack::tokens::{self, SigningKey};
+        let key = (0..64)
+            .map(|_| SigningKey::generate("ps", 2048).unwrap())
+            .find(|k| k.modulus()[0] < 0xc0)
+            .expect("a modulus below 0xc0… in 64 tries");
+        let mut jwk = key.jwk();
+        jwk["alg"] = json!("PS256");
+        let keys = KeySet::from_value(&json!({"keys": [jwk]}), &[Algorithm::Ps256]).unwrap();
+        let header = json!({"alg": "PS256", "kid": "ps", "typ": "at+jwt"});
+        let claims = tokens::claims(NOW, &["read"]);
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let n = rsa::BigUint::from_bytes_be(&key.modulus());
+        let limit = rsa::BigUint::from_bytes_be(&[0xff; 256]);
+        for _ in 0..64 {
+            let signature = key.sign_ps256(input.as_bytes());
+            let s = rsa::BigUint::from_bytes_be(&signature);
+            if &s + &n <= limit {
+                let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(&signature));
+                let mut plus_n = (&s + &n).to_bytes_be();
+                while plus_n.len() < 256 {
+                    plus_n.insert(0, 0);
+                }
+                return (keys, token, plus_n);
+            }
+        }
+        panic!("no PS256 signature with room for s + n in 64 tries")
+    }
+
+    #[test]
+    fn a_ps256_signature_plus_the_modulus_is_refused() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine as _;
+        let (keys, token, plus_n) = ps256_token_with_room();
+        let config = testkit::config();
+        let mut rules = testkit::rules(&config);
+        let allowed = [Algorithm::Ps256];
+        rules.algorithms = &allowed;
+        assert!(verify(&token, &keys, &rules, NOW).is_ok(), "the PS256 token itself");
+        let input = token.rsplit_once('.').unwrap().0;
+        let forged = format!("{input}.{}", URL_SAFE_NO_PAD.encode(&plus_n));
+        assert_eq!(verify(&forged, &keys, &rules, NOW).unwrap_err(), JwtError::BadSignature);
     }
 
     #[test]
