@@ -51,13 +51,6 @@ fn in_range(key: &rsa::RsaPublicKey, signature: &[u8]) -> bool {
     signature.len() == key.size() && rsa::BigUint::from_bytes_be(signature) < *key.n()
 }
 
-/// Whether an ES256 signature's `s` is in the upper half of the group
-/// order. Both `s` and `n - s` verify; only the low one is accepted, so a
-/// token has one signature and one fingerprint.
-fn high_s(signature: &[u8]) -> bool {
-    p256::ecdsa::Signature::from_slice(signature).is_ok_and(|s| s.normalize_s().is_some())
-}
-
 /// The signature checked by the key in the module, with the algorithm the
 /// key is bound to.
 fn verified_in_module(algorithm: Algorithm, key: &PublicKey, input: &[u8], signature: &[u8]) -> Result<bool, JwtError> {
@@ -69,7 +62,13 @@ fn verified_in_module(algorithm: Algorithm, key: &PublicKey, input: &[u8], signa
         (Algorithm::Ps256, PublicKey::Rsa(key)) => rsa(Rsa::ps256(), key),
         (Algorithm::Ps384, PublicKey::Rsa(key)) => rsa(Rsa::ps384(), key),
         (Algorithm::Ps512, PublicKey::Rsa(key)) => rsa(Rsa::ps512(), key),
-        (Algorithm::Es256, PublicKey::P256(key)) => !high_s(signature) && verifies(Es256, key, input, signature),
+        // Both (r, s) and (r, n - s) verify, and both are accepted: ES256
+        // signers (OpenSSL, RustCrypto's p256, most JOSE libraries) do not
+        // normalise `s`, so refusing the high one would refuse about half
+        // of an honest issuer's tokens. The cost: whoever holds a valid
+        // token can make its twin, which is the same grant with another
+        // fingerprint (docs/signing-keys.md).
+        (Algorithm::Es256, PublicKey::P256(key)) => verifies(Es256, key, input, signature),
         (Algorithm::EdDsa, PublicKey::Ed25519(key)) => verifies(Ed25519, key, input, signature),
         (Algorithm::Ed25519, PublicKey::Ed25519(key)) => verifies(Ed25519::with_specific_name(), key, input, signature),
         // Keys are bound to an algorithm of their own kind when parsed.
