@@ -323,3 +323,71 @@ fn cache_keyspace_is_bounded_in_unit_tests_and_memory_is_flat_through_envoy() {
     assert_eq!(stack.idp.introspections(), 20_000);
     assert_not_leaked(&stack, "enrt_");
 }
+
+/// Sends a request's head, then (after `gap`) its body, on one connection;
+/// returns the raw answer once Envoy closes it.
+fn send_in_two_parts(addr: std::net::SocketAddr, head: &str, body: &[u8], gap: Duration) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(gap);
+    stream.write_all(body).unwrap();
+    stream
+}
+
+#[test]
+fn a_body_sent_while_introspection_is_held_waits_for_the_decision_and_arrives_intact() {
+    use std::io::Read;
+    let stack = stack();
+    let token = pat(&stack, &["read", "update"]);
+    stack
+        .idp
+        .set_introspection_fault(Fault::Slow(Duration::from_millis(700)));
+    let body = br#"{"Name":"a body that must wait for the decision"}"#;
+    for framing in ["content-length", "chunked"] {
+        stack.echo.clear();
+        let (length_header, payload) = match framing {
+            "content-length" => (format!("content-length: {}\r\n", body.len()), body.to_vec()),
+            _ => {
+                let mut chunked = format!("{:x}\r\n", body.len()).into_bytes();
+                chunked.extend_from_slice(body);
+                chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+                ("transfer-encoding: chunked\r\n".to_owned(), chunked)
+            }
+        };
+        // A new token each time: the first answer is cached.
+        let token = if framing == "chunked" {
+            pat(&stack, &["read", "update"])
+        } else {
+            token.clone()
+        };
+        let head = format!(
+            "POST {CUSTOMERS} HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-api-key: {token}\r\ncontent-type: application/json\r\n{length_header}\r\n"
+        );
+        let mut stream = send_in_two_parts(stack.envoy.listener, &head, &payload, Duration::from_millis(150));
+        // The body is in Envoy now; the introspection answer is not yet.
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(
+            stack.echo.count(),
+            0,
+            "{framing}: the request reached the upstream before its decision"
+        );
+        let mut answer = String::new();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{framing}: {answer}");
+        let seen = stack.echo.take();
+        assert_eq!(seen.len(), 1, "{framing}");
+        assert_eq!(seen[0].body, body.to_vec(), "{framing}: the body changed on the way");
+        assert_eq!(
+            seen[0]
+                .headers
+                .iter()
+                .find(|(n, _)| n == "x-erp-token-kind")
+                .map(|(_, v)| v.as_str()),
+            Some("reference-user"),
+            "{framing}"
+        );
+    }
+    assert_not_leaked(&stack, &token);
+}

@@ -1,5 +1,5 @@
 //! A small HTTP/1.1 server for the emulator and the echo upstream: keep-alive,
-//! content-length bodies, one thread per connection, stopped when dropped;
+//! content-length and chunked bodies, one thread per connection, stopped when dropped;
 //! plain or over TLS.
 
 use std::collections::HashMap;
@@ -172,6 +172,56 @@ fn serve_connection<S: Read + Write>(mut stream: S, handler: &Handler, stop: &At
     }
 }
 
+/// A chunked body (RFC 9112 §7.1) from the start of `buffer`, reading
+/// more as needed; its bytes (trailers included) are drained from `buffer`.
+fn read_chunked<S: Read>(stream: &mut S, buffer: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    let mut more = |buffer: &mut Vec<u8>| -> Option<()> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = stream.read(&mut chunk).ok().filter(|n| *n > 0)?;
+        buffer.extend_from_slice(&chunk[..n]);
+        Some(())
+    };
+    loop {
+        let (start, size) = match httparse::parse_chunk_size(buffer) {
+            Ok(httparse::Status::Complete((start, size))) => (start, usize::try_from(size).ok()?),
+            Ok(httparse::Status::Partial) => {
+                more(buffer)?;
+                continue;
+            }
+            Err(_) => return None,
+        };
+        if body.len() + size > MAX_BODY {
+            return None;
+        }
+        // The chunk and its CRLF; the last (empty) one ends with the
+        // trailer section's blank line.
+        let end = if size == 0 {
+            loop {
+                if let Some(at) = buffer[start..].windows(2).position(|w| w == b"\r\n") {
+                    if at == 0 {
+                        break start + 2;
+                    }
+                    // A trailer field: skip it.
+                    buffer.drain(start..start + at + 2);
+                    continue;
+                }
+                more(buffer)?;
+            }
+        } else {
+            while buffer.len() < start + size + 2 {
+                more(buffer)?;
+            }
+            body.extend_from_slice(&buffer[start..start + size]);
+            start + size + 2
+        };
+        buffer.drain(..end);
+        if size == 0 {
+            return Some(body);
+        }
+    }
+}
+
 /// Reads one request; leftover bytes (a pipelined next request) stay in `buffer`.
 fn read_request<S: Read>(stream: &mut S, buffer: &mut Vec<u8>) -> Option<(Request, bool)> {
     let mut chunk = [0u8; 16 * 1024];
@@ -202,12 +252,19 @@ fn read_request<S: Read>(stream: &mut S, buffer: &mut Vec<u8>) -> Option<(Reques
                     parsed.version == Some(1) && !header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
                 let method = parsed.method.unwrap_or("GET").to_owned();
                 let url = parsed.path.unwrap_or("/").to_owned();
-                while buffer.len() < head_len + length {
-                    let n = stream.read(&mut chunk).ok().filter(|n| *n > 0)?;
-                    buffer.extend_from_slice(&chunk[..n]);
-                }
-                let body = buffer[head_len..head_len + length].to_vec();
-                buffer.drain(..head_len + length);
+                let chunked = header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+                let body = if chunked {
+                    buffer.drain(..head_len);
+                    read_chunked(stream, buffer)?
+                } else {
+                    while buffer.len() < head_len + length {
+                        let n = stream.read(&mut chunk).ok().filter(|n| *n > 0)?;
+                        buffer.extend_from_slice(&chunk[..n]);
+                    }
+                    let body = buffer[head_len..head_len + length].to_vec();
+                    buffer.drain(..head_len + length);
+                    body
+                };
                 return Some((
                     Request {
                         method,

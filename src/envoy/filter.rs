@@ -292,6 +292,30 @@ impl HttpContext for Http {
         warm_passes(&shared, raw.as_deref(), id, clock);
         shared.run(id, Some(id), |w| w.request(id, &head, clock, &HostStore))
     }
+
+    /// A body arriving while the decision waits must wait as well: an
+    /// Envoy filter that lets data continue while its headers are stopped
+    /// passes the request on with it.
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        self.hold_while_waiting()
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.hold_while_waiting()
+    }
+}
+
+impl Http {
+    /// Pause (Envoy buffers) while the worker decides this request;
+    /// continue once it has.
+    fn hold_while_waiting(&self) -> Action {
+        match &self.shared {
+            Some(shared) if shared.worker.borrow().is_waiting(self.context_id) => Action::Pause,
+            Some(_) => Action::Continue,
+            // Never configured: the headers were refused already.
+            None => Action::Pause,
+        }
+    }
 }
 
 /// The request as the decision reads it.

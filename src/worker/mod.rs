@@ -425,6 +425,14 @@ impl Worker {
         out
     }
 
+    /// Whether the request on `stream` waits for its decision (an
+    /// introspection answer or signing keys): until then its body and
+    /// trailers must wait too, or Envoy would pass the request on with them.
+    pub fn is_waiting(&self, stream: ContextId) -> bool {
+        self.waiters.values().flatten().any(|w| w.stream == stream)
+            || self.key_waiters.iter().any(|w| w.stream == stream)
+    }
+
     /// Requests paused on this worker (for tests and for a log line).
     pub fn paused(&self) -> usize {
         self.waiters.values().map(Vec::len).sum::<usize>() + self.key_waiters.len()

@@ -18,6 +18,19 @@ fn one_callout_answers_many_waiters_on_one_worker() {
 }
 
 #[test]
+fn a_request_waits_for_its_decision_until_the_answer_and_no_longer() {
+    let mut host = Host::new(1).with_keys();
+    let stream = host.request(0, READ_PAT);
+    assert!(host.workers[0].is_waiting(stream), "its body must wait");
+    host.answer_all();
+    assert_eq!(host.outcome(stream), Some(Outcome::Allowed));
+    assert!(!host.workers[0].is_waiting(stream));
+    // Decided at once: never waiting.
+    let again = host.request(0, READ_PAT);
+    assert!(!host.workers[0].is_waiting(again));
+}
+
+#[test]
 fn introspection_latency_and_key_set_age_are_recorded() {
     let mut host = Host::new(1).with_keys();
     let stream = host.request(0, READ_PAT);

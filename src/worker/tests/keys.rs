@@ -10,11 +10,16 @@ fn key_waiters_resume_when_the_new_set_arrives() {
     host.rotated = true;
     let streams: Vec<_> = (0..10).map(|_| host.request(0, rotated_token())).collect();
     assert!(streams.iter().all(|s| host.outcome(*s).is_none()));
+    assert!(
+        streams.iter().all(|s| host.workers[0].is_waiting(*s)),
+        "their bodies wait too"
+    );
     host.tick(0);
     assert_eq!(host.calls.len(), 1, "one forced fetch for all");
     host.answer_all();
     host.tick(0);
     assert!(streams.iter().all(|s| host.outcome(*s) == Some(Outcome::Allowed)));
+    assert!(!streams.iter().any(|s| host.workers[0].is_waiting(*s)));
 }
 
 #[test]
