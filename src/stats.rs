@@ -26,6 +26,9 @@ pub enum Stat {
     /// Requests refused with 503 because the introspection budget of the
     /// second was spent.
     IntrospectionsOverBudget,
+    /// Active answers too large for a shared-data slot, remembered by the
+    /// worker that got them instead.
+    IntrospectionAnswersTooLarge,
     /// Good key sets fetched.
     JwksFetches,
     /// Key fetches that failed (the last good set is kept).
@@ -100,7 +103,7 @@ pub enum Kind {
 }
 
 impl Stat {
-    pub const ALL: [Stat; 36] = [
+    pub const ALL: [Stat; 37] = [
         Self::Allowed,
         Self::Denied400,
         Self::Denied401,
@@ -109,6 +112,7 @@ impl Stat {
         Self::Introspections,
         Self::ReferenceCacheHits,
         Self::IntrospectionsOverBudget,
+        Self::IntrospectionAnswersTooLarge,
         Self::JwksFetches,
         Self::JwksFetchFailures,
         Self::Rs256HostVerifications,
@@ -157,6 +161,7 @@ impl Stat {
             Self::Introspections => "introspections",
             Self::ReferenceCacheHits => "reference_cache_hits",
             Self::IntrospectionsOverBudget => "introspections_over_budget",
+            Self::IntrospectionAnswersTooLarge => "introspection_answers_too_large",
             Self::JwksFetches => "jwks_fetches",
             Self::JwksFetchFailures => "jwks_fetch_failures",
             Self::Rs256HostVerifications => "signatures_verified_by_host",

@@ -124,6 +124,20 @@ impl ReferenceCache {
         store.set(&self.entry_key(hash), &value, None).then_some(expires_at)
     }
 
+    /// For an active answer too large for a shared slot (which [`put`]
+    /// refused): the second it may be remembered until, by the worker that
+    /// got it, as a shared one would be. Otherwise `None`.
+    ///
+    /// [`put`]: Self::put
+    pub(crate) fn too_large_to_share(&self, answer: &Answer, now: u64) -> Option<u64> {
+        let Answer::Active(principal) = answer else {
+            return None;
+        };
+        let expires_at = principal.expires_at.min(now.saturating_add(self.max_ttl));
+        let size = serde_json::to_vec(principal).ok()?.len();
+        (expires_at > now && size > MAX_ENTRY_BYTES).then_some(expires_at)
+    }
+
     /// Where the introspection call for this token stands.
     pub(crate) fn flight(&self, store: &dyn SharedStore, hash: &TokenHash, now_ms: u64) -> Flight {
         let (value, _) = store.get(&self.flight_key(hash));

@@ -153,7 +153,15 @@ impl Worker {
         }));
         match &answer {
             Ok(a) => {
-                let expiry = cache.put(store, hash, a, now.secs);
+                let mut expiry = cache.put(store, hash, a, now.secs);
+                if expiry.is_none() {
+                    // Too large for the shared cache: this worker remembers
+                    // it as long, rather than call again for every request.
+                    expiry = cache.too_large_to_share(a, now.secs);
+                    if expiry.is_some() {
+                        out.push(Effect::Count(Stat::IntrospectionAnswersTooLarge));
+                    }
+                }
                 until = expiry.map(last_usable_second);
                 cache.finish(store, hash, None);
                 log::debug!(

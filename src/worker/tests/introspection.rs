@@ -192,6 +192,26 @@ fn garbage_from_the_identity_service_is_503_not_a_pass() {
 }
 
 #[test]
+fn an_answer_too_large_to_share_is_remembered_by_its_worker_and_counted() {
+    let mut host = Host::new(1).with_keys();
+    let first = host.request(0, LARGE_PAT);
+    host.answer_all();
+    assert_eq!(host.outcome(first), Some(Outcome::Allowed));
+    assert_eq!(host.count(Stat::IntrospectionAnswersTooLarge), 1);
+    for _ in 0..5 {
+        let again = host.request(0, LARGE_PAT);
+        assert_eq!(host.outcome(again), Some(Outcome::Allowed), "from the worker's memory");
+    }
+    assert_eq!(host.count(Stat::Introspections), 1, "one call, not one a request");
+    // Remembered no longer than a shared answer: cache_max_ttl_seconds.
+    host.now_ms += 31_000;
+    let later = host.request(0, LARGE_PAT);
+    assert_eq!(host.outcome(later), None, "asked again after the TTL");
+    host.answer_all();
+    assert_eq!(host.count(Stat::Introspections), 2);
+}
+
+#[test]
 fn a_flood_of_unknown_tokens_is_held_to_the_budget() {
     let budget = || config_with(|d| d["introspection"]["max_calls_per_second"] = json!(5));
     let mut host = Host::with_configs(vec![budget(), budget()]).with_keys();

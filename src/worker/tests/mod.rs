@@ -32,6 +32,11 @@ const REVOKED_PAT: &str = concat!(
     "enrt_",
     "3333333333333333333333333333333333333333333333333333333333333333"
 );
+/// Active, with more scopes than a shared-data slot holds.
+const LARGE_PAT: &str = concat!(
+    "enrt_",
+    "5555555555555555555555555555555555555555555555555555555555555555"
+);
 const OTHER_API_PAT: &str = concat!(
     "enrt_",
     "4444444444444444444444444444444444444444444444444444444444444444"
@@ -294,6 +299,12 @@ impl Host {
                     }
                     UPDATE_PAT => json!({"active": true, "scope": "update", "exp": NOW + 3600, "client_id": "app"}),
                     OTHER_API_PAT => json!({"active": true, "scope": "read", "aud": "TableAPI", "exp": NOW + 3600}),
+                    LARGE_PAT => {
+                        let scopes: Vec<String> = std::iter::once("read".to_owned())
+                            .chain((0..800).map(|i| format!("s{i:04}")))
+                            .collect();
+                        json!({"active": true, "scope": scopes.join(" "), "exp": NOW + 3600, "client_id": "app"})
+                    }
                     _ => json!({"active": false}),
                 };
                 ("200", answer)
