@@ -63,6 +63,50 @@ pub fn lint(config: &[u8]) -> Result<Vec<Warning>, ConfigError> {
             }
         }
     }
+    // Paths an upstream that routes case-insensitively, or that ignores a
+    // trailing slash, serves as the stricter rule's: here they fall to a
+    // later, weaker rule.
+    // Every method a rule names, and one none does.
+    let mut methods: Vec<&str> = rules
+        .iter()
+        .flat_map(|r| r.methods.iter().flatten())
+        .map(String::as_str)
+        .collect();
+    methods.push("");
+    let first = |method: &str, path: &str| rules.iter().position(|r| r.matches(path) && r.takes(method));
+    for (i, strict) in rules.iter().enumerate() {
+        let escape = methods
+            .iter()
+            .filter(|m| first(m, &strict.path) == Some(i))
+            .find_map(|m| {
+                strict.variants().into_iter().find_map(|variant| {
+                    let taker = first(m, &variant)?;
+                    (taker != i && rules[taker].weaker_than(strict)).then_some((variant, taker))
+                })
+            });
+        if let Some((variant, j)) = escape {
+            warn(
+                format!("routes[{i}]"),
+                format!(
+                    "`{variant}` falls to the weaker rule {j}, but an upstream that routes case-insensitively \
+                     or ignores a trailing slash serves it as `{}`: use `case_insensitive`, or a prefix rule",
+                    strict.path
+                ),
+            );
+        }
+    }
+    // OData: one POST to `…/$batch` carries requests to any entity set.
+    let names_entity_sets = rules.iter().any(|r| r.names_entity_set());
+    let has_batch_rule = rules.iter().any(|r| r.path.contains("$batch"));
+    if names_entity_sets && !has_batch_rule {
+        warn(
+            "routes".into(),
+            "rules name OData entity sets, but a `$batch` request carries requests to any of them under one \
+             POST to `…/$batch`, and `$expand` reaches other entity sets: add a rule for `…/$batch` that \
+             requires the union of their scopes (docs/configuration.md, OData)"
+                .into(),
+        );
+    }
     if raw.unmatched_routes == UnmatchedRoutes::Authenticated {
         warn(
             "unmatched_routes".into(),
@@ -107,6 +151,8 @@ struct Shape {
     folded: bool,
     methods: Option<Vec<String>>,
     public: bool,
+    all_of: Vec<String>,
+    any_of: Vec<String>,
 }
 
 impl Shape {
@@ -125,7 +171,73 @@ impl Shape {
                 .as_ref()
                 .map(|m| m.iter().map(|m| m.to_ascii_uppercase()).collect()),
             public: rule.public,
+            all_of: rule.all_of.clone(),
+            any_of: rule.any_of.clone(),
         }
+    }
+
+    /// Whether a request with this path (no query) takes this rule, as
+    /// `Policy::matching` compares paths.
+    fn matches(&self, path: &str) -> bool {
+        match (self.exact, self.folded) {
+            (true, true) => self.path.eq_ignore_ascii_case(path),
+            (true, false) => self.path == path,
+            (false, _) => self.path_starts(path),
+        }
+    }
+
+    /// Whether the rule takes this method (`""`: a method no rule names).
+    fn takes(&self, method: &str) -> bool {
+        self.methods.as_ref().is_none_or(|m| m.iter().any(|x| x == method))
+    }
+
+    /// Spellings an upstream may serve as this rule's path: with its
+    /// letters in the other case, with a trailing slash added or dropped.
+    fn variants(&self) -> Vec<String> {
+        let mut variants = Vec::new();
+        if !self.folded && self.path.bytes().any(|b| b.is_ascii_alphabetic()) {
+            variants.push(self.path.to_ascii_uppercase());
+            // The last segment's case changed: what a prefix rule for the
+            // parent still takes.
+            if let Some((parent, last)) = self.path.trim_end_matches('/').rsplit_once('/') {
+                if last.bytes().any(|b| b.is_ascii_alphabetic()) {
+                    let tail = if self.path.ends_with('/') { "/" } else { "" };
+                    variants.push(format!("{parent}/{}{tail}", last.to_ascii_uppercase()));
+                }
+            }
+        }
+        if self.exact {
+            match self.path.strip_suffix('/') {
+                Some(bare) if !bare.is_empty() => variants.push(bare.to_owned()),
+                Some(_) => {}
+                None => variants.push(format!("{}/", self.path)),
+            }
+        }
+        variants.retain(|v| *v != self.path);
+        variants
+    }
+
+    /// Whether this rule lets through what `other` would refuse: public
+    /// where `other` is not, or without a scope `other` demands.
+    fn weaker_than(&self, other: &Self) -> bool {
+        if other.public {
+            return false;
+        }
+        self.public
+            || !other.all_of.iter().all(|s| self.all_of.contains(s))
+            || (!other.any_of.is_empty()
+                && self.any_of.is_empty()
+                && self.all_of.iter().all(|s| !other.any_of.contains(s)))
+    }
+
+    /// Whether the path names an OData entity set (a segment after `odata/`
+    /// that is not `$metadata` or `$batch`).
+    fn names_entity_set(&self) -> bool {
+        let lower = self.path.to_ascii_lowercase();
+        lower.split_once("/odata/").is_some_and(|(_, rest)| {
+            let set = rest.split('/').next().unwrap_or_default();
+            !set.is_empty() && !set.starts_with('$')
+        })
     }
 
     fn methods_cover(&self, other: &Self) -> bool {
@@ -246,6 +358,56 @@ mod tests {
     }
 
     #[test]
+    fn a_stricter_rule_whose_case_or_slash_variant_falls_to_a_weaker_one_is_named() {
+        // `/api/domain/Admin` and `/api/domain/admin/` take the read rule.
+        let routes = json!([
+            {"exact": "/api/domain/admin", "all_of": ["admin"]},
+            {"prefix": "/api/domain/", "all_of": ["read"]}
+        ]);
+        assert_eq!(fields(json!({"routes": routes})), ["routes[0]"]);
+        let message = lint(&config(json!({"routes": routes}))).unwrap()[0].message.clone();
+        assert!(message.contains("weaker rule 1"), "{message}");
+        // A prefix rule, case-insensitive: no variant escapes it.
+        let safe = json!([
+            {"prefix": "/api/domain/admin/", "case_insensitive": true, "all_of": ["admin"]},
+            {"exact": "/api/domain/admin", "case_insensitive": true, "all_of": ["admin"]},
+            {"prefix": "/api/domain/", "all_of": ["read"]}
+        ]);
+        assert_eq!(fields(json!({"routes": safe})), Vec::<String>::new());
+        // The later rule is as strict: nothing is weakened.
+        let as_strict = json!([
+            {"exact": "/api/domain/admin", "all_of": ["admin"]},
+            {"prefix": "/api/domain/", "all_of": ["admin", "read"]}
+        ]);
+        assert_eq!(fields(json!({"routes": as_strict})), Vec::<String>::new());
+        // Different methods never meet.
+        let methods = json!([
+            {"exact": "/api/domain/admin", "methods": ["DELETE"], "all_of": ["admin"]},
+            {"prefix": "/api/domain/", "methods": ["GET"], "all_of": ["read"]}
+        ]);
+        assert_eq!(fields(json!({"routes": methods})), Vec::<String>::new());
+    }
+
+    #[test]
+    fn entity_set_rules_without_a_batch_rule_are_named() {
+        let sets = json!([
+            {"prefix": "/api/domain/odata/Customers", "methods": ["GET"], "all_of": ["customers"]},
+            {"prefix": "/api/domain/odata/", "methods": ["GET"], "all_of": ["read"]}
+        ]);
+        // (`/api/domain/odata/CUSTOMERS` also falls to the read rule.)
+        assert_eq!(
+            fields(json!({"routes": sets})),
+            ["routes[0].prefix", "routes[0]", "routes"]
+        );
+        let with_batch = json!([
+            {"exact": "/api/domain/odata/$batch", "methods": ["POST"], "all_of": ["customers", "read"]},
+            {"prefix": "/api/domain/odata/Customers", "methods": ["GET"], "all_of": ["customers"]},
+            {"prefix": "/api/domain/odata/", "methods": ["GET"], "all_of": ["read"]}
+        ]);
+        assert_eq!(fields(json!({"routes": with_batch})), ["routes[1].prefix", "routes[1]"]);
+    }
+
+    #[test]
     fn a_prefix_without_its_slash_is_named() {
         let routes = json!([{"prefix": "/api/domain", "all_of": ["read"]}, {"prefix": "/", "all_of": ["read"]}]);
         assert_eq!(fields(json!({"routes": routes})), ["routes[0].prefix"]);
@@ -257,7 +419,9 @@ mod tests {
             {"prefix": "/api/domain/", "all_of": ["read"]},
             {"prefix": "/api/", "public": true}
         ]);
-        assert_eq!(fields(json!({"routes": routes})), ["routes[1]"]);
+        // (And `/api/DOMAIN/…`, which an upstream routing case-insensitively
+        // serves as rule 0's, is public by rule 1.)
+        assert_eq!(fields(json!({"routes": routes})), ["routes[1]", "routes[0]"]);
         let apart = json!([
             {"exact": "/healthz", "public": true},
             {"prefix": "/api/", "all_of": ["read"]}
