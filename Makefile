@@ -50,6 +50,7 @@ build: toolchain
 	@if [ -n "$$RUSTFLAGS" ]; then echo "warning: RUSTFLAGS is set and replaces .cargo/config.toml (simd128 for wasm32): RS256 verification gets slower" >&2; fi
 	cargo build --release --target $(WASM_TARGET) -p erp-edge-validator
 	cargo build --release --target $(WASM_TARGET) -p erp-edge-validator --features chaos-trap --target-dir target/chaos
+	cargo build --release --target $(WASM_TARGET) -p shared-data-writer
 	cargo build -p erp-devstack -p erp-edge-inspector
 	@ls -l $(WASM)
 
@@ -63,7 +64,7 @@ lint: toolchain
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p erp-edge-validator --features fuzzing --lib -- -D warnings
-	cargo clippy --target $(WASM_TARGET) -p erp-edge-validator -p noop-filter -p probe-filter --lib -- -D warnings
+	cargo clippy --target $(WASM_TARGET) -p erp-edge-validator -p noop-filter -p probe-filter -p shared-data-writer --lib -- -D warnings
 	cargo clippy --target $(WASM_TARGET) -p erp-edge-validator --features chaos-trap --lib -- -D warnings
 	cargo clippy --target $(WASM_TARGET) -p erp-edge-validator --features warm-passes --lib -- -D warnings
 	cargo clippy --target $(WASM_TARGET) -p erp-edge-inspector --lib -- -D warnings

@@ -51,6 +51,7 @@ mod policy;
 mod principal;
 mod reference;
 mod rejection;
+mod sealed;
 mod secret;
 mod stats;
 /// The unit tests' fixtures.

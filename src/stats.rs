@@ -29,6 +29,9 @@ pub enum Stat {
     /// Active answers too large for a shared-data slot, remembered by the
     /// worker that got them instead.
     IntrospectionAnswersTooLarge,
+    /// Values in shared data whose authentication tag did not verify
+    /// (written by something else than this configuration): read as absent.
+    SharedDataRefused,
     /// Good key sets fetched.
     JwksFetches,
     /// Key fetches that failed (the last good set is kept).
@@ -103,7 +106,7 @@ pub enum Kind {
 }
 
 impl Stat {
-    pub const ALL: [Stat; 37] = [
+    pub const ALL: [Stat; 38] = [
         Self::Allowed,
         Self::Denied400,
         Self::Denied401,
@@ -113,6 +116,7 @@ impl Stat {
         Self::ReferenceCacheHits,
         Self::IntrospectionsOverBudget,
         Self::IntrospectionAnswersTooLarge,
+        Self::SharedDataRefused,
         Self::JwksFetches,
         Self::JwksFetchFailures,
         Self::Rs256HostVerifications,
@@ -162,6 +166,7 @@ impl Stat {
             Self::ReferenceCacheHits => "reference_cache_hits",
             Self::IntrospectionsOverBudget => "introspections_over_budget",
             Self::IntrospectionAnswersTooLarge => "introspection_answers_too_large",
+            Self::SharedDataRefused => "shared_data_refused",
             Self::JwksFetches => "jwks_fetches",
             Self::JwksFetchFailures => "jwks_fetch_failures",
             Self::Rs256HostVerifications => "signatures_verified_by_host",

@@ -37,6 +37,12 @@ pub struct StackOptions {
     pub second_filter_config: Option<Value>,
     /// ES256 and EdDSA keys the emulator publishes from the start.
     pub curve_keys: Vec<CurveKey>,
+    /// The filter's `vm_id` (`Some("")`: none, as Istio sets it); the
+    /// template's when `None`.
+    pub vm_id: Option<String>,
+    /// Another Wasm plugin in the same `vm_id`, before the filter in the
+    /// chain: its module and its configuration.
+    pub neighbour_plugin: Option<(std::path::PathBuf, Value)>,
 }
 
 /// The identity service's certificate, as Envoy sees it.
@@ -117,6 +123,7 @@ impl Stack {
             },
             &filter_config,
         )?;
+        let yaml = with_vm_id_and_neighbour(yaml, options.vm_id.as_deref(), options.neighbour_plugin.as_ref())?;
         if let Some(fault) = &options.jwks_fault_at_start {
             idp.set_jwks_fault(fault.clone());
         }
@@ -192,6 +199,46 @@ impl Stack {
             Some(addr) => client::request(addr, "GET", path, headers, b"").unwrap_or_else(|e| fail(e.to_string())),
         }
     }
+}
+
+/// The rendered configuration with the filter's `vm_id` changed and another
+/// plugin, in the same `vm_id`, placed before it.
+fn with_vm_id_and_neighbour(
+    yaml: String,
+    vm_id: Option<&str>,
+    neighbour: Option<&(std::path::PathBuf, Value)>,
+) -> Result<String, Error> {
+    const VM_ID: &str = "vm_id: erp_edge_validator\n";
+    const FILTER: &str = "          - name: erp.edge_validator\n";
+    if !yaml.contains(VM_ID) || !yaml.contains(FILTER) {
+        return Err("template: the filter's vm_id or name is not where the stack expects it".into());
+    }
+    let id = vm_id.unwrap_or("erp_edge_validator");
+    let mut yaml = yaml.replace(VM_ID, &format!("vm_id: {}\n", serde_json::to_string(id)?));
+    if let Some((wasm, config)) = neighbour {
+        let literal = serde_json::to_string(&config.to_string())?;
+        let filter = format!(
+            "          - name: test.neighbour
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: neighbour
+                root_id: neighbour
+                failure_policy: FAIL_CLOSED
+                vm_config:
+                  vm_id: {}
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: \"{}\" }} }}
+                configuration:
+                  \"@type\": type.googleapis.com/google.protobuf.StringValue
+                  value: {literal}
+",
+            serde_json::to_string(id)?,
+            wasm.display()
+        );
+        yaml = yaml.replacen(FILTER, &format!("{filter}{FILTER}"), 1);
+    }
+    Ok(yaml)
 }
 
 fn filter_config_patched(base: &Value, patch: &Value) -> Value {

@@ -15,6 +15,8 @@ use crate::jwt::key_sync::RemoteJwksConfig;
 use crate::policy::{Policy, RouteRule, UnmatchedRoutes};
 use crate::principal::{ClaimToHeader, IdentityHeaders};
 use crate::reference::introspection::IntrospectionConfig;
+use crate::sealed::SealKey;
+use crate::secret::Secret;
 
 /// The configuration as written by the operator.
 #[derive(Debug, Deserialize)]
@@ -103,6 +105,11 @@ pub struct RawConfig {
     /// else the module's; `"module"` always uses the module's.
     #[serde(default)]
     pub rsa_verifier: RsaVerifier,
+    /// The secret that authenticates what the filter keeps in Envoy's
+    /// shared data (`src/sealed.rs`). Default: the introspection client
+    /// secret; with neither, nothing is trusted from shared data.
+    #[serde(default)]
+    pub shared_data_secret: Option<Secret>,
 }
 
 /// `rsa_verifier`.
@@ -169,9 +176,22 @@ pub struct Config {
     pub claims_to_headers: Vec<ClaimToHeader>,
     pub report_only: bool,
     pub rsa_verifier: RsaVerifier,
+    pub shared_data_secret: Option<Secret>,
 }
 
 impl Config {
+    /// The key that authenticates this configuration's shared data:
+    /// from `shared_data_secret`, else the introspection client secret;
+    /// `None` when neither is given (nothing is then trusted from shared
+    /// data).
+    pub(crate) fn seal_key(&self) -> Option<SealKey> {
+        let secret = self
+            .shared_data_secret
+            .as_ref()
+            .or(self.introspection.as_ref().map(|i| &i.client_secret))?;
+        SealKey::derive(secret)
+    }
+
     /// One line for the start-up log: what is configured, no secrets.
     pub fn summary(&self) -> String {
         let skipped = match self.inline_keys.skipped() {
@@ -255,12 +275,16 @@ impl RawConfig {
             claims_to_headers,
             report_only: self.report_only,
             rsa_verifier: self.rsa_verifier,
+            shared_data_secret: self.shared_data_secret,
         })
     }
 
     /// The realm, and what a JWT is held to: issuers, audiences,
     /// algorithms, clock skew, size, the verified-token memory.
     fn check_token_rules(&self) -> Result<(), ConfigError> {
+        if self.shared_data_secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
+            return Err(ConfigError::new("shared_data_secret", "must be at least 16 bytes"));
+        }
         if self.realm.is_empty() || self.realm.contains(['"', '\\']) || !sections::is_visible(&self.realm) {
             return Err(ConfigError::new(
                 "realm",

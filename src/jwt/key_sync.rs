@@ -368,9 +368,18 @@ impl KeySync {
 
     /// The published set if its version differs from `known`.
     pub fn newer_than(&self, store: &dyn SharedStore, known: u64) -> Option<(u64, Vec<u8>)> {
+        self.newer_published(store, known)
+            .map(|(version, _, jwks)| (version, jwks))
+    }
+
+    /// The published set if its version differs from `known`: its version,
+    /// the digest it was published with, and the JWKS document. Whoever
+    /// reads it checks the digest against the keys it parses.
+    pub fn newer_published(&self, store: &dyn SharedStore, known: u64) -> Option<(u64, [u8; 32], Vec<u8>)> {
         let value = store.get(&self.set_key).0?;
         let version = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
-        (version != known).then(|| (version, value.get(40..).unwrap_or_default().to_vec()))
+        let digest: [u8; 32] = value.get(8..40)?.try_into().ok()?;
+        (version != known).then(|| (version, digest, value.get(40..).unwrap_or_default().to_vec()))
     }
 
     /// When the last good set was fetched (ms), if ever.

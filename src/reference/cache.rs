@@ -85,10 +85,18 @@ impl ReferenceCache {
         self.get_until(store, hash, now).map(|(answer, _)| answer)
     }
 
-    /// The cached answer and the last second it may be used.
+    /// The cached answer and the last second it may be used: never later
+    /// than `now + cache_max_ttl_seconds` (an inactive answer: the negative
+    /// TTL), whatever expiry the entry claims.
     pub(crate) fn get_until(&self, store: &dyn SharedStore, hash: &TokenHash, now: u64) -> Option<(Answer, u64)> {
         let (value, _) = store.get(&self.entry_key(hash));
-        decode_entry(&value?, hash, now)
+        let (answer, until) = decode_entry(&value?, hash, now)?;
+        let ttl = match answer {
+            Answer::Inactive => self.negative_ttl,
+            _ => self.max_ttl,
+        };
+        let until = until.min(last_usable_second(now.saturating_add(ttl)));
+        (until >= now).then_some((answer, until))
     }
 
     /// Remembers an answer: active until `min(exp, now + max_ttl)`, inactive
@@ -276,6 +284,20 @@ mod tests {
 
     fn cache() -> ReferenceCache {
         ReferenceCache::new("t", 1000, 30, 5)
+    }
+
+    #[test]
+    fn an_entry_claiming_a_later_expiry_is_used_no_longer_than_the_ttl() {
+        let store = MemoryStore::default();
+        let h = hash_token("enrt_a");
+        // Written by a cache of the same name with a TTL of an hour.
+        let long = ReferenceCache::new("t", 1000, 3600, 3600);
+        long.put(&store, &h, &Answer::Active(principal(NOW + 86_400)), NOW);
+        long.put(&store, &hash_token("enrt_b"), &Answer::Inactive, NOW);
+        let (_, until) = cache().get_until(&store, &h, NOW).unwrap();
+        assert_eq!(until, NOW + 29, "clamped to now + cache_max_ttl_seconds");
+        let (_, until) = cache().get_until(&store, &hash_token("enrt_b"), NOW).unwrap();
+        assert_eq!(until, NOW + 4, "clamped to now + the negative TTL");
     }
 
     #[test]

@@ -112,11 +112,16 @@ impl Worker {
             }
             return false;
         }
-        let Some((version, body)) = sync.newer_than(store, self.key_version) else {
+        let Some((version, digest, body)) = sync.newer_published(store, self.key_version) else {
             return false;
         };
         self.key_version = version;
         match KeySet::from_json(&body, &self.engine.config().algorithms) {
+            // The digest is recomputed from the keys read, not trusted.
+            Ok(remote) if remote.digest() != digest => {
+                log::error!("erp-edge-validator: published key set v{version} does not match its digest: not used");
+                false
+            }
             Ok(remote) => {
                 log::info!("erp-edge-validator: signing keys v{version}: {:?}", remote.kids());
                 self.use_keys(self.engine.config().inline_keys.merged(&remote));

@@ -41,6 +41,7 @@ use crate::jwt::JwtError;
 use crate::reference::cache::{last_usable_second, Claim, Flight, ReferenceCache};
 use crate::reference::introspection::{Answer, AnswerRules, OVER_BUDGET, UNAVAILABLE};
 use crate::rejection::Rejection;
+use crate::sealed::{PrivateStore, SealKey, Sealed};
 use crate::secret::{fingerprint, Secret, TokenHash};
 use crate::stats::Stat;
 use access_log::{Ending, Fields};
@@ -106,6 +107,10 @@ pub enum Purpose {
 /// Everything one worker (one VM) keeps between events.
 #[derive(Debug)]
 pub struct Worker {
+    /// Authenticates what this worker reads from and writes to shared data.
+    seal: Option<Rc<SealKey>>,
+    /// Without a key: the worker's own store, in place of shared data.
+    private: Rc<PrivateStore>,
     engine: Rc<Engine>,
     cache: Option<ReferenceCache>,
     key_sync: Option<KeySync>,
@@ -172,7 +177,16 @@ impl Worker {
                 .map_or(0, |i| i.cache_max_entries as usize),
         );
         let keys = config.inline_keys.clone();
+        let seal = config.seal_key().map(Rc::new);
+        if seal.is_none() && config.remote_jwks.is_some() {
+            log::warn!(
+                "erp-edge-validator: no shared_data_secret and no introspection client secret: \
+                 nothing is trusted from shared data, and each worker fetches its own signing keys"
+            );
+        }
         Self {
+            seal,
+            private: Rc::new(PrivateStore::default()),
             engine: Rc::new(match rsa_host {
                 Some(host) => Engine::new(config).with_rsa_host(host),
                 None => Engine::new(config),
@@ -230,6 +244,16 @@ impl Worker {
         stream: ContextId,
         head: &RequestHead<'_>,
         now: Option<Now>,
+        host: &dyn SharedStore,
+    ) -> Vec<Effect> {
+        self.with_store(host, |w, store| w.on_request(stream, head, now, store))
+    }
+
+    fn on_request(
+        &mut self,
+        stream: ContextId,
+        head: &RequestHead<'_>,
+        now: Option<Now>,
         store: &dyn SharedStore,
     ) -> Vec<Effect> {
         #[cfg(feature = "chaos-trap")]
@@ -276,6 +300,17 @@ impl Worker {
     /// The outcome of an [`Effect::Dispatch`] made from context `owner`:
     /// the host's call id, or `None` when the host refused the call.
     pub fn dispatched(
+        &mut self,
+        purpose: Purpose,
+        owner: ContextId,
+        call: Option<CallId>,
+        now: Option<Now>,
+        host: &dyn SharedStore,
+    ) -> Vec<Effect> {
+        self.with_store(host, |w, store| w.on_dispatched(purpose, owner, call, now, store))
+    }
+
+    fn on_dispatched(
         &mut self,
         purpose: Purpose,
         owner: ContextId,
@@ -334,6 +369,16 @@ impl Worker {
         call: CallId,
         response: &dyn CalloutResponse,
         now: Option<Now>,
+        host: &dyn SharedStore,
+    ) -> Vec<Effect> {
+        self.with_store(host, |w, store| w.on_answered(call, response, now, store))
+    }
+
+    fn on_answered(
+        &mut self,
+        call: CallId,
+        response: &dyn CalloutResponse,
+        now: Option<Now>,
         store: &dyn SharedStore,
     ) -> Vec<Effect> {
         let mut out = Vec::new();
@@ -361,7 +406,11 @@ impl Worker {
     }
 
     /// The root context's timer fired.
-    pub fn tick(&mut self, now: Option<Now>, store: &dyn SharedStore) -> Vec<Effect> {
+    pub fn tick(&mut self, now: Option<Now>, host: &dyn SharedStore) -> Vec<Effect> {
+        self.with_store(host, |w, store| w.on_tick(now, store))
+    }
+
+    fn on_tick(&mut self, now: Option<Now>, store: &dyn SharedStore) -> Vec<Effect> {
         let mut out = Vec::new();
         match now {
             Some(now) => {
@@ -379,7 +428,11 @@ impl Worker {
     /// A request's stream ended (answered, reset, or the client left). If it
     /// owned a callout others still wait for, the host has cancelled that
     /// callout: the root context calls again on its next tick.
-    pub fn stream_done(&mut self, stream: ContextId, store: &dyn SharedStore) -> Vec<Effect> {
+    pub fn stream_done(&mut self, stream: ContextId, host: &dyn SharedStore) -> Vec<Effect> {
+        self.with_store(host, |w, store| w.on_stream_done(stream, store))
+    }
+
+    fn on_stream_done(&mut self, stream: ContextId, store: &dyn SharedStore) -> Vec<Effect> {
         let mut out = Vec::new();
         // Nearly every stream: nobody waits and no call is out, so there
         // is nothing to forget, and no tick or count to change.
@@ -431,6 +484,29 @@ impl Worker {
     pub fn is_waiting(&self, stream: ContextId) -> bool {
         self.waiters.values().flatten().any(|w| w.stream == stream)
             || self.key_waiters.iter().any(|w| w.stream == stream)
+    }
+
+    /// Runs an event against the store this worker may trust: the host's
+    /// shared data, authenticated with the configuration's key (values
+    /// that do not verify read as absent, and are counted), or without a
+    /// key the worker's own store.
+    fn with_store(
+        &mut self,
+        host: &dyn SharedStore,
+        event: impl FnOnce(&mut Self, &dyn SharedStore) -> Vec<Effect>,
+    ) -> Vec<Effect> {
+        match self.seal.clone() {
+            Some(key) => {
+                let sealed = Sealed::new(host, &key);
+                let mut out = event(self, &sealed);
+                out.extend((0..sealed.refused()).map(|_| Effect::Count(Stat::SharedDataRefused)));
+                out
+            }
+            None => {
+                let private = Rc::clone(&self.private);
+                event(self, &*private)
+            }
+        }
     }
 
     /// Requests paused on this worker (for tests and for a log line).

@@ -108,10 +108,7 @@ fn a_fetch_completing_as_another_worker_reads_the_keys_is_not_a_401() {
     host.tick(0);
     let id = *host.calls.keys().next().expect("the forced fetch");
     let writes = host.answer_aside(id);
-    assert!(
-        writes.iter().any(|(k, _)| k.ends_with(".jwks")),
-        "the fetch published a set"
-    );
+    assert!(writes.iter().any(|(k, _)| is_key_set(k)), "the fetch published a set");
     let stream = host.request_racing(1, "GET", rotated_token(), writes);
     host.settle();
     assert_eq!(host.outcome(first), Some(Outcome::Allowed));
@@ -249,4 +246,32 @@ fn stale_keys_are_not_trusted_past_max_stale_seconds() {
         Some(Outcome::Allowed),
         "a good fetch makes them trusted again"
     );
+}
+
+/// A set published under the right seal (say, by a writer that holds the
+/// secret but not the identity service's keys) whose digest is not its
+/// keys' digest: the worker recomputes the digest and does not use it.
+#[test]
+fn a_published_set_whose_digest_does_not_describe_its_keys_is_not_used() {
+    use crate::jwt::key_sync::KeySync;
+    use crate::sealed::Sealed;
+    let mut host = Host::new(1).with_keys();
+    let config = config();
+    let remote = config.remote_jwks.as_ref().unwrap();
+    let sync = KeySync::new(&remote.endpoint().namespace(""), remote);
+    let seal = config.seal_key().unwrap();
+    let sealed = Sealed::new(&host.store, &seal);
+    // The rotated key's set, under the published set's digest.
+    let (version, digest, _) = sync.newer_published(&sealed, 0).unwrap();
+    let planted = json!({"keys": [rotated_key().jwk()]}).to_string();
+    let mut value = (version + 1).to_be_bytes().to_vec();
+    value.extend_from_slice(&digest);
+    value.extend_from_slice(planted.as_bytes());
+    assert!(sealed.set(&format!("{}.jwks", remote.endpoint().namespace("")), &value, None));
+    host.tick(0);
+    // The identity service does not know the planted key: after the forced
+    // fetch the token is refused, never allowed from the planted set.
+    let stream = host.request(0, rotated_token());
+    host.settle();
+    assert_eq!(host.outcome(stream), Some(Outcome::Replied(401)));
 }

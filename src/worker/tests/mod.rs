@@ -440,6 +440,12 @@ struct Racing<'a> {
     writes: RefCell<Vec<(String, Vec<u8>)>>,
 }
 
+/// Whether a shared-data key is a published key set (its name as sealed:
+/// `….jwks.<key id>`).
+fn is_key_set(name: &str) -> bool {
+    name.rsplit_once('.').is_some_and(|(key, _)| key.ends_with(".jwks"))
+}
+
 impl<'a> Racing<'a> {
     fn new(store: &'a MemoryStore, writes: Vec<(String, Vec<u8>)>) -> Self {
         Self {
@@ -457,7 +463,7 @@ impl<'a> Racing<'a> {
 impl SharedStore for Racing<'_> {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         let value = self.store.get(key);
-        if key.ends_with(".jwks") {
+        if is_key_set(key) {
             for (k, v) in self.writes.take() {
                 self.store.set(&k, &v, None);
             }
