@@ -77,6 +77,17 @@ fn shipped_configuration_never_fails_open() {
 }
 
 #[test]
+fn shipped_configurations_put_a_local_rate_limit_ahead_of_the_filter() {
+    let root = erp_devstack::envoy::repo_root();
+    for file in ["envoy/envoy.template.yaml", "envoy/envoy.compose.yaml"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let limit = text.find("envoy.filters.http.local_ratelimit").expect(file);
+        let filter = text.find("name: erp.edge_validator").expect(file);
+        assert!(limit < filter, "{file}: the rate limit must come first");
+    }
+}
+
+#[test]
 fn compose_configuration_is_the_rendered_template() {
     let committed = std::fs::read_to_string(erp_devstack::envoy::repo_root().join("envoy/envoy.compose.yaml")).unwrap();
     let rendered = erp_devstack::envoy::render_compose(&default_compose_ports(), None).unwrap();

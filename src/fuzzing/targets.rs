@@ -221,7 +221,9 @@ pub fn shared_state(data: &[u8]) {
             let _ = cache.flight(&store, &hash, now_ms);
             let _ = cache.claim(&store, &hash, now_ms, now_ms + 1000);
             cache.finish(&store, &hash, Some(now_ms + 250));
-            let _ = cache.spend(&store, NOW, 10);
+            let known = cache.is_known(&store, &hash);
+            let _ = cache.spend(&store, NOW, 10, known);
+            cache.mark_known(&store, &hash);
         }
         2 => {
             store.set("fuzz.jwks.state", value, None);

@@ -179,10 +179,35 @@ impl ReferenceCache {
         Claim::Mine
     }
 
+    /// The shared-data key of a slot's mark: the hash of the last token the
+    /// identity service vouched for in that slot. It outlives the answer.
+    fn known_key(&self, hash: &TokenHash) -> String {
+        format!("{}.known.{}", self.prefix, self.slot(hash))
+    }
+
+    /// Marks a token the identity service said is active: from now on its
+    /// calls may draw on the reserved share of the budget.
+    pub(crate) fn mark_known(&self, store: &dyn SharedStore, hash: &TokenHash) {
+        if store.get(&self.known_key(hash)).0.as_deref() != Some(&hash[..]) {
+            store.set(&self.known_key(hash), hash, None);
+        }
+    }
+
+    /// Whether the token was active when last asked about (and no other
+    /// active token has taken its slot's mark since).
+    pub(crate) fn is_known(&self, store: &dyn SharedStore, hash: &TokenHash) -> bool {
+        store.get(&self.known_key(hash)).0.as_deref() == Some(&hash[..])
+    }
+
     /// Takes one introspection call from the budget shared by every worker:
-    /// at most `per_second` calls in any one second of the clock. False when
-    /// the second's budget is spent (or the store keeps refusing the update).
-    pub(crate) fn spend(&self, store: &dyn SharedStore, now: u64, per_second: u32) -> bool {
+    /// at most `per_second` calls in any one second of the clock. Tokens
+    /// not `known` to have been active may use only the part of it that is
+    /// not reserved (half, rounded up), so a flood of made-up tokens cannot
+    /// keep the holders of real ones from having their answers renewed.
+    /// False when the share is spent (or the store keeps refusing the
+    /// update).
+    pub(crate) fn spend(&self, store: &dyn SharedStore, now: u64, per_second: u32, known: bool) -> bool {
+        let limit = if known { per_second } else { per_second - per_second / 2 };
         let key = format!("{}.budget", self.prefix);
         for _ in 0..8 {
             let (value, cas) = store.get(&key);
@@ -191,7 +216,7 @@ impl ReferenceCache {
                 .and_then(|v| Some((v.get(..8)?.try_into().ok()?, v.get(8..12)?.try_into().ok()?)))
                 .map_or((0, 0), |(s, u)| (u64::from_be_bytes(s), u32::from_be_bytes(u)));
             let used = if second == now { used } else { 0 };
-            if used >= per_second {
+            if used >= limit {
                 return false;
             }
             let mut next = now.to_be_bytes().to_vec();
@@ -371,13 +396,35 @@ mod tests {
     fn the_introspection_budget_is_shared_and_per_second() {
         let store = MemoryStore::default();
         let c = cache();
-        let spent: usize = (0..50).filter(|_| c.spend(&store, NOW, 20)).count();
+        let spent: usize = (0..50).filter(|_| c.spend(&store, NOW, 20, true)).count();
         assert_eq!(spent, 20);
-        assert!(!c.spend(&store, NOW, 20));
-        assert!(c.spend(&store, NOW + 1, 20), "a new second, a new budget");
+        assert!(!c.spend(&store, NOW, 20, true));
+        assert!(c.spend(&store, NOW + 1, 20, true), "a new second, a new budget");
         let other_worker = cache();
-        let more: usize = (0..50).filter(|_| other_worker.spend(&store, NOW + 1, 20)).count();
+        let more: usize = (0..50)
+            .filter(|_| other_worker.spend(&store, NOW + 1, 20, true))
+            .count();
         assert_eq!(more, 19, "workers share one budget");
+    }
+
+    #[test]
+    fn unknown_tokens_use_half_the_budget_and_known_ones_the_rest() {
+        let store = MemoryStore::default();
+        let c = cache();
+        let unknown: usize = (0..50).filter(|_| c.spend(&store, NOW, 20, false)).count();
+        assert_eq!(unknown, 10, "half, for tokens never seen active");
+        let known: usize = (0..50).filter(|_| c.spend(&store, NOW, 20, true)).count();
+        assert_eq!(known, 10, "the reserve, for tokens seen active");
+        assert!(
+            !c.spend(&store, NOW, 1, true) && c.spend(&store, NOW + 1, 1, false),
+            "a budget of 1 is not split"
+        );
+        let h = hash_token("enrt_known");
+        assert!(!c.is_known(&store, &h));
+        c.mark_known(&store, &h);
+        assert!(c.is_known(&store, &h));
+        c.mark_known(&store, &hash_token("enrt_other_in_another_slot"));
+        assert!(c.is_known(&store, &h) || c.slot(&h) == c.slot(&hash_token("enrt_other_in_another_slot")));
     }
 
     #[test]

@@ -97,7 +97,8 @@ impl Worker {
         let (Some(cache), Some(config)) = (&self.cache, &engine.config().introspection) else {
             return self.resolve(&hash, Err(&UNAVAILABLE), None, out);
         };
-        if cache.spend(store, now.secs, config.max_calls_per_second) {
+        let known = cache.is_known(store, &hash);
+        if cache.spend(store, now.secs, config.max_calls_per_second, known) {
             out.push(Effect::Dispatch {
                 purpose: Purpose::Introspect(hash),
                 callout: config.callout(token),
@@ -153,6 +154,9 @@ impl Worker {
         }));
         match &answer {
             Ok(a) => {
+                if matches!(a, Answer::Active(_)) {
+                    cache.mark_known(store, hash);
+                }
                 let mut expiry = cache.put(store, hash, a, now.secs);
                 if expiry.is_none() {
                     // Too large for the shared cache: this worker remembers

@@ -212,6 +212,31 @@ fn an_answer_too_large_to_share_is_remembered_by_its_worker_and_counted() {
 }
 
 #[test]
+fn a_token_seen_active_renews_from_the_reserve_while_a_flood_spends_the_rest() {
+    let budget = || config_with(|d| d["introspection"]["max_calls_per_second"] = json!(4));
+    let mut host = Host::with_configs(vec![budget()]).with_keys();
+    let first = host.request(0, READ_PAT);
+    host.answer_all();
+    assert_eq!(host.outcome(first), Some(Outcome::Allowed));
+    // Its answer expires; in the new second a flood takes the unknown share.
+    host.advance(31_000);
+    let flood: Vec<_> = (0..20)
+        .map(|i| host.request(0, &format!("enrt_{:064x}", 0xBAD_0000_u64 + i as u64)))
+        .collect();
+    host.answer_all();
+    let over = flood
+        .iter()
+        .filter(|s| host.outcome(**s) == Some(Outcome::Replied(503)))
+        .count();
+    assert_eq!(over, 18, "two of four calls for tokens never seen active");
+    // The real token is renewed from the reserve, in the same second.
+    let renewed = host.request(0, READ_PAT);
+    assert_eq!(host.calls_to("/id/connect/introspect"), 1, "asked again");
+    host.answer_all();
+    assert_eq!(host.outcome(renewed), Some(Outcome::Allowed));
+}
+
+#[test]
 fn a_flood_of_unknown_tokens_is_held_to_the_budget() {
     let budget = || config_with(|d| d["introspection"]["max_calls_per_second"] = json!(5));
     let mut host = Host::with_configs(vec![budget(), budget()]).with_keys();
@@ -224,15 +249,15 @@ fn a_flood_of_unknown_tokens_is_held_to_the_budget() {
         .collect();
     assert_eq!(
         host.count(Stat::Introspections) - spent_before,
-        4,
-        "the budget, minus the call already made"
+        2,
+        "the share of tokens never seen active (3 of 5), minus the call already made"
     );
     let refused = flood
         .iter()
         .filter(|s| host.outcome(**s) == Some(Outcome::Replied(503)))
         .count();
-    assert_eq!(refused, 56, "the rest: 503 without a call");
-    assert_eq!(host.count(Stat::IntrospectionsOverBudget), 56);
+    assert_eq!(refused, 58, "the rest: 503 without a call");
+    assert_eq!(host.count(Stat::IntrospectionsOverBudget), 58);
     let cached_again = host.request(1, READ_PAT);
     assert_eq!(
         host.outcome(cached_again),
