@@ -14,6 +14,7 @@
 #   make fuzz    libFuzzer on every input parser, FUZZ_SECONDS (60) per target
 #   make soak    Envoy under mixed and hostile load with identity-service
 #                faults, SOAK_SECONDS (600); prints one table, fails on a bound
+#   make verify-costs  one signature verification in V8, per algorithm
 #   make bench   throughput through Envoy, against baselines, in one run
 #                (cargo bench: native micro-benchmarks of the verifier)
 #   make clean
@@ -27,7 +28,7 @@ ENVOY := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 PYTHON ?= python3
 
-.PHONY: containers compose-up compose-down image umoci all build toolchain venv test run lint bench wrk compose-config clean fuzz cargo-fuzz soak inspector inspect wasm-bindgen chromium
+.PHONY: verify-costs containers compose-up compose-down image umoci all build toolchain venv test run lint bench wrk compose-config clean fuzz cargo-fuzz soak inspector inspect wasm-bindgen chromium
 
 all: build
 
@@ -138,6 +139,12 @@ bench: build venv wrk
 	cargo build --release --target $(WASM_TARGET) -p erp-edge-validator --features warm-passes --target-dir target/warm
 	cargo build --release -p erp-devstack
 	target/release/erp-devstack bench
+
+# One signature verification in V8 for every algorithm the module verifies
+# (the decision core built for the browser, run in node): a table.
+verify-costs: inspector
+	@command -v node >/dev/null || { echo "node is needed (Debian: nodejs)"; exit 1; }
+	cargo run --quiet -p erp-devstack -- verify-costs
 
 # The compose file runs the same template as the tests; this keeps its
 # rendering for the default ports in the repository (a test fails when they

@@ -46,7 +46,7 @@ impl From<JwtError> for Rejection {
     /// yet: the token may be fine, so that is 503.
     fn from(error: JwtError) -> Self {
         match error {
-            JwtError::NoKeys => Self::Unavailable(error.description()),
+            JwtError::NoKeys | JwtError::VerificationBudgetSpent => Self::Unavailable(error.description()),
             _ => Self::InvalidToken(TokenProblem::Jwt(error)),
         }
     }

@@ -32,6 +32,9 @@ pub enum Stat {
     /// Values in shared data whose authentication tag did not verify
     /// (written by something else than this configuration): read as absent.
     SharedDataRefused,
+    /// JWTs answered 503 because the module's verifications of the second
+    /// (`max_module_verifications_per_second`) were spent.
+    ModuleVerificationsOverBudget,
     /// Good key sets fetched.
     JwksFetches,
     /// Key fetches that failed (the last good set is kept).
@@ -106,7 +109,7 @@ pub enum Kind {
 }
 
 impl Stat {
-    pub const ALL: [Stat; 38] = [
+    pub const ALL: [Stat; 39] = [
         Self::Allowed,
         Self::Denied400,
         Self::Denied401,
@@ -117,6 +120,7 @@ impl Stat {
         Self::IntrospectionsOverBudget,
         Self::IntrospectionAnswersTooLarge,
         Self::SharedDataRefused,
+        Self::ModuleVerificationsOverBudget,
         Self::JwksFetches,
         Self::JwksFetchFailures,
         Self::Rs256HostVerifications,
@@ -167,6 +171,7 @@ impl Stat {
             Self::IntrospectionsOverBudget => "introspections_over_budget",
             Self::IntrospectionAnswersTooLarge => "introspection_answers_too_large",
             Self::SharedDataRefused => "shared_data_refused",
+            Self::ModuleVerificationsOverBudget => "module_verifications_over_budget",
             Self::JwksFetches => "jwks_fetches",
             Self::JwksFetchFailures => "jwks_fetch_failures",
             Self::Rs256HostVerifications => "signatures_verified_by_host",
@@ -245,8 +250,9 @@ fn token_reason(problem: TokenProblem) -> Option<Stat> {
             JwtError::IssuerNotAccepted => Stat::DeniedIssuer,
             JwtError::AudienceNotAccepted => Stat::DeniedAudience,
             JwtError::NotAnAccessToken => Stat::DeniedTyp,
-            // No keys yet is 503 (`Rejection::from`), never judged.
-            JwtError::NoKeys => return None,
+            // No keys yet, or no verification left this second: 503
+            // (`Rejection::from`), never judged.
+            JwtError::NoKeys | JwtError::VerificationBudgetSpent => return None,
             JwtError::NotAJwt
             | JwtError::NotBase64
             | JwtError::MalformedHeader

@@ -28,6 +28,10 @@ pub enum JwtError {
     /// No signing keys at all yet (remote keys not fetched): the token may
     /// be fine, so this is 503, not 401.
     NoKeys,
+    /// The module's verifications of this second are spent (every algorithm
+    /// but RS256: `max_module_verifications_per_second`): the token was not
+    /// judged, so this is 503.
+    VerificationBudgetSpent,
     /// `alg` is allowed but is not the one algorithm the key is bound to.
     KeyAlgorithmMismatch,
     /// The signature does not verify.
@@ -63,6 +67,7 @@ impl JwtError {
             Self::NoKid => "the token has no kid",
             Self::UnknownKey => "the token's signing key is not known",
             Self::NoKeys => "the signing keys are not available yet; retry later",
+            Self::VerificationBudgetSpent => "too many signatures to verify right now; retry later",
             Self::KeyAlgorithmMismatch => "the token's algorithm does not match its key",
             Self::BadSignature => "the token's signature is invalid",
             Self::MalformedClaims => "the token's claims are malformed",

@@ -16,3 +16,4 @@ pub mod soak;
 pub mod stack;
 pub mod tls;
 pub mod tokens;
+pub mod verify_costs;

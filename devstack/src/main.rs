@@ -61,6 +61,7 @@ fn main() -> ExitCode {
             .map(|yaml| print!("{yaml}")),
         Some("bench") => erp_devstack::bench::run(),
         Some("soak") => erp_devstack::soak::run(),
+        Some("verify-costs") => erp_devstack::verify_costs::run().map(drop),
         Some("render-deploy") => erp_devstack::deploy::render().map(|files| {
             for file in files {
                 println!("{}", file.display());
@@ -68,7 +69,7 @@ fn main() -> ExitCode {
         }),
         Some("inspect") => inspect(args.get(1).map_or("127.0.0.1:9090", String::as_str)),
         _ => Err(
-            "usage: erp-devstack run | idp [ADDR] | echo [ADDR] | render-compose | bench | soak | inspect [ADDR] | render-deploy"
+            "usage: erp-devstack run | idp [ADDR] | echo [ADDR] | render-compose | bench | soak | verify-costs | inspect [ADDR] | render-deploy"
                 .into(),
         ),
     };

@@ -68,6 +68,25 @@ impl SigningKey {
             .to_vec()
     }
 
+    /// A signature by the RSA algorithm `alg` (RS256/384/512, PS256/384/512)
+    /// of `message`.
+    pub fn sign_as(&self, alg: &str, message: &[u8]) -> Result<Vec<u8>, Error> {
+        use rsa::pkcs1v15::SigningKey as Pkcs1;
+        use rsa::pss::BlindedSigningKey as Pss;
+        use sha2::{Sha384, Sha512};
+        let key = self.private.clone();
+        let mut rng = rand::rngs::OsRng;
+        Ok(match alg {
+            "RS256" => Pkcs1::<Sha256>::new(key).sign(message).to_vec(),
+            "RS384" => Pkcs1::<Sha384>::new(key).sign(message).to_vec(),
+            "RS512" => Pkcs1::<Sha512>::new(key).sign(message).to_vec(),
+            "PS256" => Pss::<Sha256>::new(key).sign_with_rng(&mut rng, message).to_vec(),
+            "PS384" => Pss::<Sha384>::new(key).sign_with_rng(&mut rng, message).to_vec(),
+            "PS512" => Pss::<Sha512>::new(key).sign_with_rng(&mut rng, message).to_vec(),
+            other => return Err(format!("{other} is not an RSA algorithm").into()),
+        })
+    }
+
     /// A PS256 signature (RSASSA-PSS, SHA-256, MGF1-SHA-256, a 32-byte
     /// random salt) of `message`.
     pub fn sign_ps256(&self, message: &[u8]) -> Vec<u8> {

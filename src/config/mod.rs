@@ -110,6 +110,15 @@ pub struct RawConfig {
     /// secret; with neither, nothing is trusted from shared data.
     #[serde(default)]
     pub shared_data_secret: Option<Secret>,
+    /// Signatures each worker checks in the module per second with its
+    /// slower verifiers (every algorithm but RS256); past it a JWT needing
+    /// one gets 503. Default 200; 1 to 100000.
+    #[serde(default = "default_module_verifications")]
+    pub max_module_verifications_per_second: u32,
+}
+
+fn default_module_verifications() -> u32 {
+    200
 }
 
 /// `rsa_verifier`.
@@ -177,6 +186,7 @@ pub struct Config {
     pub report_only: bool,
     pub rsa_verifier: RsaVerifier,
     pub shared_data_secret: Option<Secret>,
+    pub max_module_verifications_per_second: u32,
 }
 
 impl Config {
@@ -276,12 +286,19 @@ impl RawConfig {
             report_only: self.report_only,
             rsa_verifier: self.rsa_verifier,
             shared_data_secret: self.shared_data_secret,
+            max_module_verifications_per_second: self.max_module_verifications_per_second,
         })
     }
 
     /// The realm, and what a JWT is held to: issuers, audiences,
     /// algorithms, clock skew, size, the verified-token memory.
     fn check_token_rules(&self) -> Result<(), ConfigError> {
+        if !(1..=100_000).contains(&self.max_module_verifications_per_second) {
+            return Err(ConfigError::new(
+                "max_module_verifications_per_second",
+                "must be between 1 and 100000",
+            ));
+        }
         if self.shared_data_secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
             return Err(ConfigError::new("shared_data_secret", "must be at least 16 bytes"));
         }

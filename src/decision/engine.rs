@@ -15,7 +15,7 @@ use crate::decision::credential::{self, Credential, TokenKind};
 use crate::decision::verified_cache::{Remembered, VerifiedCache};
 use crate::host::RsaHost;
 use crate::jwt::jwks::KeySet;
-use crate::jwt::{self, ClaimRules, JwtError};
+use crate::jwt::{self, ClaimRules, JwtError, VerifyBudget};
 use crate::policy::Access;
 use crate::principal::{mapped_claims, Identity, Principal};
 use crate::reference::introspection::Answer;
@@ -139,6 +139,8 @@ pub struct Engine {
     /// lets it be used.
     rsa_host: Option<Box<dyn RsaHost>>,
     verifications: Verifications,
+    /// The module's verifications (all but RS256) of the second.
+    budget: VerifyBudget,
 }
 
 /// What the engine counted since the last [`Engine::take_counts`].
@@ -148,6 +150,7 @@ struct Verifications {
     module: Cell<u32>,
     jwt_hits: Cell<u32>,
     jwt_misses: Cell<u32>,
+    over_budget: Cell<u32>,
 }
 
 /// Signatures verified (by the host, in the module), and JWTs found in or
@@ -158,6 +161,7 @@ pub struct Counts {
     pub in_module: u32,
     pub jwt_hits: u32,
     pub jwt_misses: u32,
+    pub over_budget: u32,
 }
 
 fn bump(cell: &Cell<u32>) {
@@ -176,6 +180,7 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     pub fn new(config: Config) -> Self {
         Self {
+            budget: VerifyBudget::new(config.max_module_verifications_per_second),
             config,
             rsa_host: None,
             verifications: Verifications::default(),
@@ -196,6 +201,7 @@ impl Engine {
             in_module: v.module.take(),
             jwt_hits: v.jwt_hits.take(),
             jwt_misses: v.jwt_misses.take(),
+            over_budget: v.over_budget.take(),
         }
     }
 
@@ -394,7 +400,13 @@ impl Engine {
     ) -> Result<Rc<Identity>, TokenProblem> {
         let host = self.rsa_host.as_deref();
         bump(&self.verifications.jwt_misses);
-        let checked = jwt::verify_with(token, keys, &self.claim_rules(), now, host).map_err(TokenProblem::Jwt)?;
+        let checked = jwt::verify_with(token, keys, &self.claim_rules(), now, host, Some(&self.budget))
+            .inspect_err(|e| {
+                if *e == JwtError::VerificationBudgetSpent {
+                    bump(&self.verifications.over_budget);
+                }
+            })
+            .map_err(TokenProblem::Jwt)?;
         let counter = if checked.by_host {
             &self.verifications.host
         } else {

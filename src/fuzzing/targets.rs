@@ -86,7 +86,7 @@ pub fn jwt(data: &[u8]) {
     let (result, skew) = with_engine(|engine| {
         let config = engine.config();
         (
-            jwt::verify_with(&token, &config.inline_keys, &rules(config), NOW, None),
+            jwt::verify_with(&token, &config.inline_keys, &rules(config), NOW, None, None),
             config.clock_skew_seconds,
         )
     });

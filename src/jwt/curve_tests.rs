@@ -49,6 +49,49 @@ fn es256_and_eddsa_tokens_verify_with_their_keys() {
     }
 }
 
+/// Forged ES256 and EdDSA signatures cost a worker at most
+/// `max_module_verifications_per_second` verifications a second; past it,
+/// 503 without verifying, and the next second verifies again.
+#[test]
+fn module_verifications_are_held_to_their_budget_and_counted() {
+    use crate::decision::verified_cache::Remembered;
+    use crate::decision::{Engine, RequestHead, Step, Verdict};
+    let mut doc = testkit::config_json();
+    doc["algorithms"] = json!(["ES256", "EdDSA"]);
+    doc["jwks"] = json!({"keys": [p256_key().jwk(), ed25519_key().jwk()]});
+    doc["max_module_verifications_per_second"] = json!(3);
+    let engine = Engine::new(crate::config::Config::from_json(doc.to_string().as_bytes()).unwrap());
+    let decide = |token: &str, now: u64| {
+        let auth = format!("Bearer {token}");
+        let head = RequestHead {
+            method: "GET",
+            path: "/api/domain/x",
+            headers: &[("authorization", &auth)],
+            has_body: false,
+        };
+        engine.decide(&head, &engine.config().inline_keys, &mut Remembered::new(10, 10), now)
+    };
+    let forged = |key: &CurveKey, i: usize| {
+        let token = curve_token(key, |_, c| c["jti"] = json!(format!("f{i}")));
+        let (_, mut signature) = parts(&token);
+        signature[5] ^= 1;
+        with_signature(&token, &signature)
+    };
+    let mut refused = Vec::new();
+    for i in 0..5 {
+        let key = if i % 2 == 0 { p256_key() } else { ed25519_key() };
+        refused.push(match decide(&forged(&key, i), NOW) {
+            Step::Done(Verdict::Deny(r)) => r.status(),
+            other => panic!("{other:?}"),
+        });
+    }
+    assert_eq!(refused, [401, 401, 401, 503, 503]);
+    assert_eq!(engine.take_counts().over_budget, 2);
+    // A new second, new verifications: a valid token passes.
+    let valid = curve_token(&p256_key(), |_, _| {});
+    assert!(matches!(decide(&valid, NOW + 1), Step::Done(Verdict::Allow(_))));
+}
+
 /// ES256's malleability, accepted on purpose (see `verified_in_module`):
 /// an honest signer makes high-S signatures about half the time, so both
 /// halves verify; the twin is the same grant under another fingerprint.

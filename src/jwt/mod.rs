@@ -76,10 +76,41 @@ fn verified_in_module(algorithm: Algorithm, key: &PublicKey, input: &[u8], signa
     })
 }
 
+/// A per-second allowance of signatures checked by the module's own
+/// verifiers (every algorithm but RS256, which Envoy or the module's
+/// vectorised code checks): a flood of forged ES*, EdDSA, PS* or RS384/512
+/// signatures costs a worker at most this many verifications a second.
+#[derive(Debug)]
+pub struct VerifyBudget {
+    per_second: u32,
+    /// The second of the clock and the verifications made in it.
+    window: std::cell::Cell<(u64, u32)>,
+}
+
+impl VerifyBudget {
+    pub fn new(per_second: u32) -> Self {
+        Self {
+            per_second,
+            window: std::cell::Cell::new((0, 0)),
+        }
+    }
+
+    /// Takes one verification in second `now`; false when they are spent.
+    pub fn take(&self, now: u64) -> bool {
+        let (second, used) = self.window.get();
+        let used = if second == now { used } else { 0 };
+        if used >= self.per_second {
+            return false;
+        }
+        self.window.set((now, used + 1));
+        true
+    }
+}
+
 /// Verifies a JWT access token and returns who it speaks for.
 /// `now` is seconds since the epoch, from the host clock.
 pub fn verify(token: &str, keys: &KeySet, rules: &ClaimRules<'_>, now: u64) -> Result<Principal, JwtError> {
-    verify_with(token, keys, rules, now, None).map(|v| v.principal)
+    verify_with(token, keys, rules, now, None, None).map(|v| v.principal)
 }
 
 /// A verified token: who it speaks for, which key material verified it, and
@@ -99,6 +130,7 @@ pub fn verify_with(
     rules: &ClaimRules<'_>,
     now: u64,
     host: Option<&dyn RsaHost>,
+    budget: Option<&VerifyBudget>,
 ) -> Result<Verified, JwtError> {
     let jws = Jws::parse(token).map_err(|e| match e {
         FormError::NotThreeParts => JwtError::NotAJwt,
@@ -136,6 +168,7 @@ pub fn verify_with(
         (Some(valid), _) => valid,
         // The module's own RS256: s^65537 mod n, vectorised for wasm.
         (None, Some(fast)) if alg == Algorithm::Rs256 => fast.verify(input, signature),
+        (None, _) if budget.is_some_and(|b| !b.take(now)) => return Err(JwtError::VerificationBudgetSpent),
         (None, _) => verified_in_module(alg, &key.key, input, signature)?,
     };
     if !valid {

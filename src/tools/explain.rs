@@ -400,7 +400,7 @@ fn narrate_jwt(config: &Config, keys: &KeySet, token: &str, now: u64, checks: &m
         clock_skew_seconds: config.clock_skew_seconds,
         require_at_jwt_typ: config.require_at_jwt_typ,
     };
-    let result = jwt::verify_with(token, keys, &rules, now, None);
+    let result = jwt::verify_with(token, keys, &rules, now, None, None);
     let failed_at = result
         .as_ref()
         .err()

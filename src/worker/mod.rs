@@ -555,6 +555,7 @@ impl Worker {
             (counts.in_module, Stat::Rs256ModuleVerifications),
             (counts.jwt_hits, Stat::JwtCacheHits),
             (counts.jwt_misses, Stat::JwtCacheMisses),
+            (counts.over_budget, Stat::ModuleVerificationsOverBudget),
         ] {
             out.extend((0..n).map(|_| Effect::Count(stat)));
         }
