@@ -1,4 +1,5 @@
-//! ES256 (P-256) and EdDSA (Ed25519) tokens through real Envoy, with the
+//! ES256 (P-256), ES384 (P-384), ES512 (P-521) and EdDSA (Ed25519) tokens
+//! through real Envoy, with the
 //! keys fetched from the identity emulator's JWKS next to its RSA key.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -11,9 +12,11 @@ use erp_devstack::stack::{Stack, StackOptions};
 use erp_devstack::tokens::{self, CurveKey};
 use serde_json::json;
 
-fn keys() -> [CurveKey; 2] {
+fn keys() -> [CurveKey; 4] {
     [
         CurveKey::p256("p256-1", "curves through envoy").unwrap(),
+        CurveKey::p384("p384-1", "curves through envoy").unwrap(),
+        CurveKey::p521("p521-1", "curves through envoy").unwrap(),
         CurveKey::ed25519("ed25519-1", "curves through envoy"),
     ]
 }
@@ -33,7 +36,7 @@ fn token(key: &CurveKey, scopes: &[&str]) -> String {
 
 #[test]
 fn curve_tokens_pass_and_every_forgery_and_confusion_is_refused_before_the_upstream() {
-    let stack = stack_allowing(&["RS256", "ES256", "EdDSA"]);
+    let stack = stack_allowing(&["RS256", "ES256", "ES384", "ES512", "EdDSA"]);
     let rsa = stack.idp.access_token(&["DomainApi", "read"]);
     assert_eq!(stack.get(CUSTOMERS, &[("authorization", &bearer(&rsa))]).status, 200);
     for key in keys() {
@@ -63,7 +66,7 @@ fn curve_tokens_pass_and_every_forgery_and_confusion_is_refused_before_the_upstr
             ));
         }
     }
-    let [p256, ed] = keys();
+    let [p256, _, _, ed] = keys();
     let claims = tokens::claims(tokens::now(), &["DomainApi", "read"]);
     let header = |alg: &str, kid: &str| json!({"alg": alg, "kid": kid, "typ": "at+jwt"});
     let rsa_kid = stack.idp.signing_key().kid;

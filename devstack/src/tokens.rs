@@ -172,6 +172,14 @@ pub enum CurveKey {
         kid: String,
         key: p256::ecdsa::SigningKey,
     },
+    P384 {
+        kid: String,
+        key: p384::ecdsa::SigningKey,
+    },
+    P521 {
+        kid: String,
+        key: p521::ecdsa::SigningKey,
+    },
     Ed25519 {
         kid: String,
         key: ed25519_dalek::SigningKey,
@@ -188,6 +196,19 @@ impl std::fmt::Debug for CurveKey {
 pub const P256_ORDER: [u8; 32] = [
     0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6, 0xfa,
     0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+/// The order of P-384's base point, big-endian.
+pub const P384_ORDER: [u8; 48] = [
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xc7, 0x63, 0x4d, 0x81, 0xf4, 0x37, 0x2d, 0xdf, 0x58, 0x1a, 0x0d, 0xb2, 0x48, 0xb0,
+    0xa7, 0x7a, 0xec, 0xec, 0x19, 0x6a, 0xcc, 0xc5, 0x29, 0x73,
+];
+/// The order of P-521's base point, big-endian, in 66 bytes.
+pub const P521_ORDER: [u8; 66] = [
+    0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfa, 0x51, 0x86, 0x87, 0x83,
+    0xbf, 0x2f, 0x96, 0x6b, 0x7f, 0xcc, 0x01, 0x48, 0xf7, 0x09, 0xa5, 0xd0, 0x3b, 0xb5, 0xc9, 0xb8, 0x89, 0x9c, 0x47,
+    0xae, 0xbb, 0x6f, 0xb7, 0x1e, 0x91, 0x38, 0x64, 0x09,
 ];
 /// The order L of Ed25519's base point, little-endian.
 pub const ED25519_ORDER: [u8; 32] = [
@@ -214,6 +235,40 @@ impl CurveKey {
         })
     }
 
+    /// A P-384 key for ES384.
+    pub fn p384(kid: &str, seed: &str) -> Result<Self, Error> {
+        let key = (0..=u8::MAX)
+            .find_map(|round| {
+                let bytes = [seed_bytes(seed, round), seed_bytes(seed, round.wrapping_add(128))].concat();
+                p384::ecdsa::SigningKey::from_slice(&bytes[..48]).ok()
+            })
+            .ok_or("no P-384 scalar from this seed")?;
+        Ok(Self::P384 {
+            kid: kid.to_owned(),
+            key,
+        })
+    }
+
+    /// A P-521 key for ES512.
+    pub fn p521(kid: &str, seed: &str) -> Result<Self, Error> {
+        let key = (0..=u8::MAX)
+            .find_map(|round| {
+                let mut bytes = [
+                    seed_bytes(seed, round),
+                    seed_bytes(seed, round.wrapping_add(64)),
+                    seed_bytes(seed, round.wrapping_add(128)),
+                ]
+                .concat();
+                bytes[0] &= 0x01; // below 2^521
+                p521::ecdsa::SigningKey::from_slice(&bytes[..66]).ok()
+            })
+            .ok_or("no P-521 scalar from this seed")?;
+        Ok(Self::P521 {
+            kid: kid.to_owned(),
+            key,
+        })
+    }
+
     /// An Ed25519 key for EdDSA.
     pub fn ed25519(kid: &str, seed: &str) -> Self {
         Self::Ed25519 {
@@ -224,28 +279,51 @@ impl CurveKey {
 
     pub fn kid(&self) -> &str {
         match self {
-            Self::P256 { kid, .. } | Self::Ed25519 { kid, .. } => kid,
+            Self::P256 { kid, .. } | Self::P384 { kid, .. } | Self::P521 { kid, .. } | Self::Ed25519 { kid, .. } => kid,
         }
     }
 
-    /// The JOSE algorithm it signs with: `ES256` or `EdDSA`.
+    /// The JOSE algorithm it signs with: `ES256`, `ES384`, `ES512` or `EdDSA`.
     pub fn alg(&self) -> &'static str {
         match self {
             Self::P256 { .. } => "ES256",
+            Self::P384 { .. } => "ES384",
+            Self::P521 { .. } => "ES512",
             Self::Ed25519 { .. } => "EdDSA",
+        }
+    }
+
+    /// The JWK `crv` and the bytes of one coordinate (and of r or s).
+    fn curve(&self) -> (&'static str, usize) {
+        match self {
+            Self::P256 { .. } => ("P-256", 32),
+            Self::P384 { .. } => ("P-384", 48),
+            Self::P521 { .. } => ("P-521", 66),
+            Self::Ed25519 { .. } => ("Ed25519", 32),
         }
     }
 
     /// The public half as a JWK (`use: sig`, with `alg`).
     pub fn jwk(&self) -> Value {
+        let ec = |x: Option<Vec<u8>>, y: Option<Vec<u8>>| {
+            json!({
+                "kty": "EC", "crv": self.curve().0, "use": "sig", "alg": self.alg(), "kid": self.kid(),
+                "x": URL_SAFE_NO_PAD.encode(x.unwrap_or_default()),
+                "y": URL_SAFE_NO_PAD.encode(y.unwrap_or_default()),
+            })
+        };
         match self {
-            Self::P256 { kid, key } => {
+            Self::P256 { key, .. } => {
                 let point = key.verifying_key().to_encoded_point(false);
-                json!({
-                    "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
-                    "x": URL_SAFE_NO_PAD.encode(point.x().map(|x| x.to_vec()).unwrap_or_default()),
-                    "y": URL_SAFE_NO_PAD.encode(point.y().map(|y| y.to_vec()).unwrap_or_default()),
-                })
+                ec(point.x().map(|x| x.to_vec()), point.y().map(|y| y.to_vec()))
+            }
+            Self::P384 { key, .. } => {
+                let point = key.verifying_key().to_encoded_point(false);
+                ec(point.x().map(|x| x.to_vec()), point.y().map(|y| y.to_vec()))
+            }
+            Self::P521 { key, .. } => {
+                let point = p521::ecdsa::VerifyingKey::from(key).to_encoded_point(false);
+                ec(point.x().map(|x| x.to_vec()), point.y().map(|y| y.to_vec()))
             }
             Self::Ed25519 { kid, key } => json!({
                 "kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA", "kid": kid,
@@ -262,6 +340,14 @@ impl CurveKey {
                 let signature: p256::ecdsa::Signature = Signer::sign(key, input);
                 signature.to_bytes().to_vec()
             }
+            Self::P384 { key, .. } => {
+                let signature: p384::ecdsa::Signature = Signer::sign(key, input);
+                signature.to_bytes().to_vec()
+            }
+            Self::P521 { key, .. } => {
+                let signature: p521::ecdsa::Signature = Signer::sign(key, input);
+                signature.to_bytes().to_vec()
+            }
             Self::Ed25519 { key, .. } => ed25519_dalek::Signer::sign(key, input).to_bytes().to_vec(),
         }
     }
@@ -271,34 +357,48 @@ impl CurveKey {
     /// another message's and another key's signature.
     pub fn forged_signatures(&self, input: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
         let good = self.sign_raw(input);
-        let (first, second) = good.split_at(32);
+        let half = good.len() / 2;
+        let (first, second) = good.split_at(half);
         let mut flipped_first = good.clone();
         flipped_first[10] ^= 0x01;
         let mut flipped_second = good.clone();
-        flipped_second[40] ^= 0x01;
+        flipped_second[half + 8] ^= 0x01;
         let other_message = self.sign_raw(&[input, b"x"].concat());
         let mut forged = vec![
             ("one bit flipped in the first half", flipped_first),
             ("one bit flipped in the second half", flipped_second),
-            ("one byte shorter", good[..63].to_vec()),
+            ("one byte shorter", good[..good.len() - 1].to_vec()),
             ("one byte longer", [good.as_slice(), &[0]].concat()),
             ("empty", Vec::new()),
-            ("zeros", vec![0; 64]),
-            ("all ones", vec![0xff; 64]),
+            ("zeros", vec![0; good.len()]),
+            ("all ones", vec![0xff; good.len()]),
             ("halves swapped", [second, first].concat()),
             ("another message's signature", other_message),
         ];
+        let zero = vec![0u8; half];
+        let ecdsa =
+            |forged: &mut Vec<(&'static str, Vec<u8>)>, order: &[u8], der: Option<Vec<u8>>, impostor: Option<Self>| {
+                forged.push(("DER instead of R || S", der.unwrap_or_default()));
+                forged.push(("r = 0", [&zero[..], second].concat()));
+                forged.push(("s = 0", [first, &zero[..]].concat()));
+                forged.push(("r = n", [order, second].concat()));
+                forged.push(("s = n", [first, order].concat()));
+                if let Some(impostor) = impostor {
+                    forged.push(("another key's signature", impostor.sign_raw(input)));
+                }
+            };
         match self {
             Self::P256 { kid, .. } => {
                 let der = p256::ecdsa::Signature::from_slice(&good).map(|s| s.to_der().as_bytes().to_vec());
-                forged.push(("DER instead of R || S", der.unwrap_or_default()));
-                forged.push(("r = 0", [&[0u8; 32][..], second].concat()));
-                forged.push(("s = 0", [first, &[0u8; 32][..]].concat()));
-                forged.push(("r = n", [&P256_ORDER[..], second].concat()));
-                forged.push(("s = n", [first, &P256_ORDER[..]].concat()));
-                if let Ok(impostor) = Self::p256(kid, "an impostor") {
-                    forged.push(("another key's signature", impostor.sign_raw(input)));
-                }
+                ecdsa(&mut forged, &P256_ORDER, der.ok(), Self::p256(kid, "an impostor").ok());
+            }
+            Self::P384 { kid, .. } => {
+                let der = p384::ecdsa::Signature::from_slice(&good).map(|s| s.to_der().as_bytes().to_vec());
+                ecdsa(&mut forged, &P384_ORDER, der.ok(), Self::p384(kid, "an impostor").ok());
+            }
+            Self::P521 { kid, .. } => {
+                let der = p521::ecdsa::Signature::from_slice(&good).map(|s| s.to_der().as_bytes().to_vec());
+                ecdsa(&mut forged, &P521_ORDER, der.ok(), Self::p521(kid, "an impostor").ok());
             }
             Self::Ed25519 { kid, .. } => {
                 // S + L: the same S mod L, encoded non-canonically.

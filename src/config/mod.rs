@@ -34,7 +34,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub audiences: Vec<String>,
     /// Signature algorithms accepted, from RS256, RS384, RS512, PS256,
-    /// PS384, PS512, ES256 (P-256), EdDSA and Ed25519 (both Ed25519).
+    /// PS384, PS512, ES256 (P-256), ES384 (P-384), ES512 (P-521), EdDSA and
+    /// Ed25519 (both Ed25519).
     /// Default `["RS256"]` (ERP.net signs RS256).
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<Algorithm>,
@@ -297,6 +298,16 @@ impl RawConfig {
             return Err(ConfigError::new(
                 "max_module_verifications_per_second",
                 "must be between 1 and 100000",
+            ));
+        }
+        let heavy = self
+            .algorithms
+            .iter()
+            .any(|a| matches!(a, Algorithm::Es384 | Algorithm::Es512));
+        if heavy && self.max_module_verifications_per_second < 8 {
+            return Err(ConfigError::new(
+                "max_module_verifications_per_second",
+                "must be at least 8 with ES384 or ES512, each of which counts 8",
             ));
         }
         if self.shared_data_secret.as_ref().is_some_and(|s| s.expose().len() < 16) {

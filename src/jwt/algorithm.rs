@@ -18,6 +18,10 @@ pub enum Algorithm {
     Ps512,
     /// ECDSA on P-256 with SHA-256 (RFC 7518 §3.4).
     Es256,
+    /// ECDSA on P-384 with SHA-384.
+    Es384,
+    /// ECDSA on P-521 with SHA-512.
+    Es512,
     /// Ed25519 under its registered name (RFC 8037 §3.1).
     EdDsa,
     /// Ed25519 under its fully specified name (RFC 9864).
@@ -29,11 +33,13 @@ pub enum Algorithm {
 pub enum KeyType {
     Rsa,
     P256,
+    P384,
+    P521,
     Ed25519,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 9] = [
+    pub const ALL: [Algorithm; 11] = [
         Self::Rs256,
         Self::Rs384,
         Self::Rs512,
@@ -41,6 +47,8 @@ impl Algorithm {
         Self::Ps384,
         Self::Ps512,
         Self::Es256,
+        Self::Es384,
+        Self::Es512,
         Self::EdDsa,
         Self::Ed25519,
     ];
@@ -55,6 +63,8 @@ impl Algorithm {
             Self::Ps384 => "PS384",
             Self::Ps512 => "PS512",
             Self::Es256 => "ES256",
+            Self::Es384 => "ES384",
+            Self::Es512 => "ES512",
             Self::EdDsa => "EdDSA",
             Self::Ed25519 => "Ed25519",
         }
@@ -65,6 +75,8 @@ impl Algorithm {
         match self {
             Self::Rs256 | Self::Rs384 | Self::Rs512 | Self::Ps256 | Self::Ps384 | Self::Ps512 => KeyType::Rsa,
             Self::Es256 => KeyType::P256,
+            Self::Es384 => KeyType::P384,
+            Self::Es512 => KeyType::P521,
             Self::EdDsa | Self::Ed25519 => KeyType::Ed25519,
         }
     }

@@ -1,4 +1,5 @@
-//! ES256 (P-256) and EdDSA (Ed25519): the attacks the RS256 tests cover,
+//! ES256 (P-256), ES384 (P-384), ES512 (P-521) and EdDSA (Ed25519): the
+//! attacks the RS256 tests cover,
 //! on curves. Keys: wrong curve, wrong type, points that are not points,
 //! small-order Ed25519 keys. Tokens: key confusion across types and
 //! algorithms, and every malformed signature encoding.
@@ -11,7 +12,7 @@ use crate::jwt::algorithm::Algorithm;
 use crate::jwt::jwks::{KeyProblem, KeySet};
 use crate::jwt::{verify, JwtError};
 use crate::principal::Principal;
-use crate::testing::{self as testkit, curve_config, curve_token, ed25519_key, p256_key, NOW};
+use crate::testing::{self as testkit, curve_config, curve_keys, curve_token, ed25519_key, p256_key, NOW};
 use erp_devstack::tokens::{self, CurveKey};
 
 fn check(token: &str) -> Result<Principal, JwtError> {
@@ -42,7 +43,7 @@ const CURVES: [Algorithm; 3] = [Algorithm::Es256, Algorithm::EdDsa, Algorithm::E
 
 #[test]
 fn es256_and_eddsa_tokens_verify_with_their_keys() {
-    for key in [p256_key(), ed25519_key()] {
+    for key in curve_keys() {
         let principal = check(&curve_token(&key, |_, _| {})).unwrap();
         assert_eq!(principal.client_id.as_deref(), Some("my.trusted.app/first"), "{key:?}");
         assert_eq!(principal.scopes, ["DomainApi", "read"]);
@@ -87,6 +88,33 @@ fn module_verifications_are_held_to_their_budget_and_counted() {
     }
     assert_eq!(refused, [401, 401, 401, 503, 503]);
     assert_eq!(engine.take_counts().over_budget, 2);
+    // ES384 and ES512 count eight each.
+    let mut doc = testkit::config_json();
+    doc["algorithms"] = json!(["ES384", "ES512"]);
+    doc["jwks"] = json!({"keys": [testkit::p384_key().jwk(), testkit::p521_key().jwk()]});
+    doc["max_module_verifications_per_second"] = json!(16);
+    let heavy = Engine::new(crate::config::Config::from_json(doc.to_string().as_bytes()).unwrap());
+    let statuses: Vec<u32> = [testkit::p384_key(), testkit::p521_key(), testkit::p384_key()]
+        .iter()
+        .enumerate()
+        .map(|(i, key)| {
+            let auth = format!("Bearer {}", forged(key, i));
+            let head = RequestHead {
+                method: "GET",
+                path: "/api/domain/x",
+                headers: &[("authorization", &auth)],
+                has_body: false,
+            };
+            match heavy.decide(&head, &heavy.config().inline_keys, &mut Remembered::new(10, 10), NOW) {
+                Step::Done(Verdict::Deny(r)) => r.status(),
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    assert_eq!(statuses, [401, 401, 503]);
+    doc["max_module_verifications_per_second"] = json!(7);
+    let error = crate::config::Config::from_json(doc.to_string().as_bytes()).unwrap_err();
+    assert_eq!(error.field, "max_module_verifications_per_second");
     // A new second, new verifications: a valid token passes.
     let valid = curve_token(&p256_key(), |_, _| {});
     assert!(matches!(decide(&valid, NOW + 1), Step::Done(Verdict::Allow(_))));
@@ -113,7 +141,7 @@ fn an_es256_signature_and_its_twin_in_the_other_half_both_verify() {
 
 #[test]
 fn curve_tokens_claims_are_read_only_under_a_good_signature() {
-    for key in [p256_key(), ed25519_key()] {
+    for key in curve_keys() {
         let token = curve_token(&key, |_, c| c["exp"] = json!("tomorrow"));
         assert_eq!(check(&token).unwrap_err(), JwtError::MalformedClaims, "{key:?}");
         let (_, mut signature) = parts(&token);
@@ -146,7 +174,7 @@ fn the_fully_specified_ed25519_name_needs_a_key_bound_to_it() {
 #[test]
 fn curve_tokens_are_refused_unless_their_algorithm_is_listed() {
     let config = testkit::config(); // RS256 only
-    for key in [p256_key(), ed25519_key()] {
+    for key in curve_keys() {
         let token = curve_token(&key, |_, _| {});
         let got = verify(&token, &config.inline_keys, &testkit::rules(&config), NOW);
         assert_eq!(got.unwrap_err(), JwtError::AlgorithmNotAllowed, "{key:?}");
@@ -184,8 +212,14 @@ fn keys_on_other_curves_or_of_the_wrong_shape_are_skipped() {
     };
     let cases: Vec<(Value, KeyProblem)> = vec![
         (
+            patched(&p256, &|j| j["crv"] = json!("P-192")),
+            KeyProblem::UnsupportedCurve("P-192".into()),
+        ),
+        // A P-256 point labelled P-384 (its `alg` still ES256): bound to
+        // neither.
+        (
             patched(&p256, &|j| j["crv"] = json!("P-384")),
-            KeyProblem::UnsupportedCurve("P-384".into()),
+            KeyProblem::AlgorithmKeyMismatch("ES256".into()),
         ),
         (
             patched(&p256, &|j| j["crv"] = json!("secp256k1")),
@@ -343,11 +377,12 @@ fn key_confusion_across_types_and_algorithms_is_refused() {
             tokens::unsigned(&header("none", testkit::ES256_KID), &claims),
             JwtError::AlgorithmNotAllowed,
         ),
-        // Algorithms of the family that are not listed.
+        // Another algorithm of the family, listed, under a P-256 key.
         (
             p256.sign(&header("ES384", testkit::ES256_KID), &claims),
-            JwtError::AlgorithmNotAllowed,
+            JwtError::KeyAlgorithmMismatch,
         ),
+        // An algorithm of the family that is not listed.
         (
             p256.sign(&header("ES256K", testkit::ES256_KID), &claims),
             JwtError::AlgorithmNotAllowed,
@@ -365,7 +400,7 @@ fn key_confusion_across_types_and_algorithms_is_refused() {
 
 #[test]
 fn malformed_signatures_are_refused() {
-    for key in [p256_key(), ed25519_key()] {
+    for key in curve_keys() {
         let token = curve_token(&key, |_, _| {});
         let forged = key.forged_signatures(parts(&token).0.as_bytes());
         assert!(forged.len() >= 12, "{key:?}");
@@ -393,7 +428,7 @@ fn es256_accepts_the_high_s_twin_as_rfc_7518_does() {
 
 #[test]
 fn claim_checks_apply_to_curve_tokens_too() {
-    for key in [p256_key(), ed25519_key()] {
+    for key in curve_keys() {
         let expired = curve_token(&key, |_, c| c["exp"] = json!(NOW - 61));
         assert_eq!(check(&expired).unwrap_err(), JwtError::Expired);
         let wrong_typ = curve_token(&key, |h, _| h["typ"] = json!("JWT"));

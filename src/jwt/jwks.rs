@@ -51,6 +51,10 @@ pub enum PublicKey {
     Rsa(RsaPublicKey),
     /// A P-256 point, checked to be on the curve and not the identity.
     P256(p256::ecdsa::VerifyingKey),
+    /// A P-384 point, checked the same way.
+    P384(p384::ecdsa::VerifyingKey),
+    /// A P-521 point, checked the same way.
+    P521(p521::ecdsa::VerifyingKey),
     /// An Ed25519 point, checked to decode and not to be of small order.
     Ed25519(ed25519_dalek::VerifyingKey),
 }
@@ -61,6 +65,8 @@ impl PublicKey {
         match self {
             Self::Rsa(key) => format!("RSA-{}", key.size() * 8),
             Self::P256(_) => "P-256".into(),
+            Self::P384(_) => "P-384".into(),
+            Self::P521(_) => "P-521".into(),
             Self::Ed25519(_) => "Ed25519".into(),
         }
     }
@@ -293,6 +299,8 @@ fn parse_key(raw: &serde_json::Value, allowed_algorithms: &[Algorithm]) -> Resul
     let key_type = match (jwk.kty.as_deref(), jwk.crv.as_deref()) {
         (Some("RSA"), _) => KeyType::Rsa,
         (Some("EC"), Some("P-256")) => KeyType::P256,
+        (Some("EC"), Some("P-384")) => KeyType::P384,
+        (Some("EC"), Some("P-521")) => KeyType::P521,
         (Some("OKP"), Some("Ed25519")) => KeyType::Ed25519,
         (Some("EC" | "OKP"), Some(crv)) => return Err(KeyProblem::UnsupportedCurve(crv.to_owned())),
         (Some("EC" | "OKP"), None) => return Err(KeyProblem::Missing("crv")),
@@ -311,6 +319,8 @@ fn parse_key(raw: &serde_json::Value, allowed_algorithms: &[Algorithm]) -> Resul
         None => match key_type {
             KeyType::Rsa => Algorithm::Rs256,
             KeyType::P256 => Algorithm::Es256,
+            KeyType::P384 => Algorithm::Es384,
+            KeyType::P521 => Algorithm::Es512,
             KeyType::Ed25519 => Algorithm::EdDsa,
         },
         Some(name) => {
@@ -329,8 +339,8 @@ fn parse_key(raw: &serde_json::Value, allowed_algorithms: &[Algorithm]) -> Resul
     let (key, public_bytes) = match key_type {
         KeyType::Rsa => return rsa_key(&jwk, kid, algorithm),
         KeyType::P256 => {
-            let x = coordinate(jwk.x.as_deref(), "x", "P-256")?;
-            let y = coordinate(jwk.y.as_deref(), "y", "P-256")?;
+            let x = coordinate(jwk.x.as_deref(), "x", "P-256", 32)?;
+            let y = coordinate(jwk.y.as_deref(), "y", "P-256", 32)?;
             // SEC 1 uncompressed form; decoding checks the point is on the
             // curve and not the identity.
             let sec1 = [&[0x04][..], &x, &y].concat();
@@ -338,8 +348,24 @@ fn parse_key(raw: &serde_json::Value, allowed_algorithms: &[Algorithm]) -> Resul
                 p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| KeyProblem::InvalidPoint("P-256"))?;
             (PublicKey::P256(key), sec1)
         }
+        KeyType::P384 => {
+            let x = coordinate(jwk.x.as_deref(), "x", "P-384", 48)?;
+            let y = coordinate(jwk.y.as_deref(), "y", "P-384", 48)?;
+            let sec1 = [&[0x04][..], &x, &y].concat();
+            let key =
+                p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| KeyProblem::InvalidPoint("P-384"))?;
+            (PublicKey::P384(key), sec1)
+        }
+        KeyType::P521 => {
+            let x = coordinate(jwk.x.as_deref(), "x", "P-521", 66)?;
+            let y = coordinate(jwk.y.as_deref(), "y", "P-521", 66)?;
+            let sec1 = [&[0x04][..], &x, &y].concat();
+            let key =
+                p521::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| KeyProblem::InvalidPoint("P-521"))?;
+            (PublicKey::P521(key), sec1)
+        }
         KeyType::Ed25519 => {
-            let x = coordinate(jwk.x.as_deref(), "x", "Ed25519")?;
+            let x = coordinate(jwk.x.as_deref(), "x", "Ed25519", 32)?;
             let bytes: [u8; 32] = x
                 .as_slice()
                 .try_into()
@@ -413,9 +439,9 @@ fn decode_uint(field: Option<&str>, name: &'static str) -> Result<BigUint, KeyPr
 
 /// A curve coordinate: exactly 32 bytes (RFC 7518 §6.2.1.2, RFC 8037 §2:
 /// the full length, leading zeros kept).
-fn coordinate(field: Option<&str>, name: &'static str, curve: &'static str) -> Result<Vec<u8>, KeyProblem> {
+fn coordinate(field: Option<&str>, name: &'static str, curve: &'static str, len: usize) -> Result<Vec<u8>, KeyProblem> {
     let bytes = decode(field, name)?;
-    if bytes.len() != 32 {
+    if bytes.len() != len {
         return Err(KeyProblem::InvalidPoint(curve));
     }
     Ok(bytes)

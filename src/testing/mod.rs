@@ -149,12 +149,27 @@ pub(crate) fn ed25519_key() -> tokens::CurveKey {
     tokens::CurveKey::ed25519(EDDSA_KID, "trusted ed25519")
 }
 
-/// The test configuration with ES256 and EdDSA allowed and one key of
-/// each next to the RSA key.
+pub(crate) fn p384_key() -> tokens::CurveKey {
+    tokens::CurveKey::p384("p384-1", "trusted p384").unwrap()
+}
+
+pub(crate) fn p521_key() -> tokens::CurveKey {
+    tokens::CurveKey::p521("p521-1", "trusted p521").unwrap()
+}
+
+/// One trusted key of each curve: ES256, ES384, ES512, EdDSA.
+pub(crate) fn curve_keys() -> [tokens::CurveKey; 4] {
+    [p256_key(), p384_key(), p521_key(), ed25519_key()]
+}
+
+/// The test configuration with ES256, ES384, ES512 and EdDSA allowed and
+/// one key of each next to the RSA key.
 pub(crate) fn curve_config() -> Config {
     config_from(|c| {
-        c["algorithms"] = json!(["RS256", "ES256", "EdDSA"]);
-        c["jwks"] = json!({"keys": [key().jwk(), p256_key().jwk(), ed25519_key().jwk()]});
+        c["algorithms"] = json!(["RS256", "ES256", "ES384", "ES512", "EdDSA"]);
+        let mut keys = vec![key().jwk()];
+        keys.extend(curve_keys().iter().map(tokens::CurveKey::jwk));
+        c["jwks"] = json!({ "keys": keys });
     })
 }
 
