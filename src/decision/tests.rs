@@ -149,6 +149,79 @@ mod rules {
         assert!(matches!(decide(&fine), Step::Done(Verdict::Allow(_))));
     }
 
+    /// Forged ES256 and EdDSA signatures cost a worker at most
+    /// `max_module_verifications_per_second` verifications a second; past it,
+    /// 503 without verifying, and the next second verifies again.
+    #[test]
+    fn module_verifications_are_held_to_their_budget_and_counted() {
+        use erp_devstack::tokens::CurveKey;
+        use testkit::{curve_token, ed25519_key, p256_key};
+        let mut doc = testkit::config_json();
+        doc["algorithms"] = json!(["ES256", "EdDSA"]);
+        doc["jwks"] = json!({"keys": [p256_key().jwk(), ed25519_key().jwk()]});
+        doc["max_module_verifications_per_second"] = json!(3);
+        let engine = Engine::new(crate::config::Config::from_json(doc.to_string().as_bytes()).unwrap());
+        let decide = |token: &str, now: u64| {
+            let auth = format!("Bearer {token}");
+            let head = RequestHead {
+                method: "GET",
+                path: "/api/domain/x",
+                headers: &[("authorization", &auth)],
+                has_body: false,
+            };
+            engine.decide(&head, &engine.config().inline_keys, &mut Remembered::new(10, 10), now)
+        };
+        let forged = |key: &CurveKey, i: usize| {
+            let token = curve_token(key, |_, c| c["jti"] = json!(format!("f{i}")));
+            use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            use base64::Engine as _;
+            let (input, signature) = token.rsplit_once('.').unwrap();
+            let mut signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+            signature[5] ^= 1;
+            format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+        };
+        let mut refused = Vec::new();
+        for i in 0..5 {
+            let key = if i % 2 == 0 { p256_key() } else { ed25519_key() };
+            refused.push(match decide(&forged(&key, i), NOW) {
+                Step::Done(Verdict::Deny(r)) => r.status(),
+                other => panic!("{other:?}"),
+            });
+        }
+        assert_eq!(refused, [401, 401, 401, 503, 503]);
+        assert_eq!(engine.take_counts().over_budget, 2);
+        // ES384 and ES512 count eight each.
+        let mut doc = testkit::config_json();
+        doc["algorithms"] = json!(["ES384", "ES512"]);
+        doc["jwks"] = json!({"keys": [testkit::p384_key().jwk(), testkit::p521_key().jwk()]});
+        doc["max_module_verifications_per_second"] = json!(16);
+        let heavy = Engine::new(crate::config::Config::from_json(doc.to_string().as_bytes()).unwrap());
+        let statuses: Vec<u32> = [testkit::p384_key(), testkit::p521_key(), testkit::p384_key()]
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let auth = format!("Bearer {}", forged(key, i));
+                let head = RequestHead {
+                    method: "GET",
+                    path: "/api/domain/x",
+                    headers: &[("authorization", &auth)],
+                    has_body: false,
+                };
+                match heavy.decide(&head, &heavy.config().inline_keys, &mut Remembered::new(10, 10), NOW) {
+                    Step::Done(Verdict::Deny(r)) => r.status(),
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        assert_eq!(statuses, [401, 401, 503]);
+        doc["max_module_verifications_per_second"] = json!(7);
+        let error = crate::config::Config::from_json(doc.to_string().as_bytes()).unwrap_err();
+        assert_eq!(error.field, "max_module_verifications_per_second");
+        // A new second, new verifications: a valid token passes.
+        let valid = curve_token(&p256_key(), |_, _| {});
+        assert!(matches!(decide(&valid, NOW + 1), Step::Done(Verdict::Allow(_))));
+    }
+
     #[test]
     fn claims_to_headers_carry_jwt_claims_upstream() {
         let engine = Engine::new(testkit::config_from(|c| {
