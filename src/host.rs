@@ -74,8 +74,8 @@ pub trait CalloutResponse {
 }
 
 /// An in-memory [`SharedStore`] with Envoy's semantics (CAS versions, no
-/// delete), for tests.
-#[cfg(any(test, feature = "fuzzing"))]
+/// delete): a worker's own store where shared data cannot be trusted
+/// (`sealed`), and the tests' shared data.
 #[derive(Debug, Default)]
 pub(crate) struct MemoryStore {
     map: std::cell::RefCell<std::collections::HashMap<String, (Vec<u8>, u32)>>,
@@ -105,7 +105,6 @@ impl MemoryStore {
     }
 }
 
-#[cfg(any(test, feature = "fuzzing"))]
 impl SharedStore for MemoryStore {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         match self.map.borrow().get(key) {

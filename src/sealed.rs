@@ -14,7 +14,7 @@
 //!
 //! With neither secret (signing keys from `remote_jwks` without
 //! introspection), nothing is trusted from shared data: each worker keeps
-//! its own store and fetches its own keys ([`PrivateStore`]).
+//! its own store and fetches its own keys (a `MemoryStore` of its own).
 
 use std::cell::Cell;
 
@@ -129,32 +129,6 @@ impl SharedStore for Sealed<'_> {
     }
 }
 
-/// A worker's own store, for state that cannot be authenticated: Envoy's
-/// semantics (CAS versions, no delete), in the worker's memory.
-#[derive(Debug, Default)]
-pub(crate) struct PrivateStore {
-    map: std::cell::RefCell<std::collections::HashMap<String, (Vec<u8>, u32)>>,
-}
-
-impl SharedStore for PrivateStore {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        match self.map.borrow().get(key) {
-            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
-            None => (None, None),
-        }
-    }
-
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        let mut map = self.map.borrow_mut();
-        let current = map.get(key).map_or(0, |(_, c)| *c);
-        if cas.is_some_and(|expected| expected != 0 && expected != current) {
-            return false;
-        }
-        map.insert(key.to_owned(), (value.to_vec(), current.wrapping_add(1).max(1)));
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,8 +199,8 @@ mod tests {
     }
 
     #[test]
-    fn the_private_store_has_envoys_semantics() {
-        let store = PrivateStore::default();
+    fn the_memory_store_has_envoys_semantics() {
+        let store = MemoryStore::default();
         assert!(store.set("k", b"v", None));
         let (value, cas) = store.get("k");
         assert_eq!(value.as_deref(), Some(&b"v"[..]));

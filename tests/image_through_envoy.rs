@@ -9,7 +9,6 @@
 mod common;
 
 use std::fs;
-use std::io::Read;
 use std::path::Path;
 
 use common::*;
@@ -47,24 +46,7 @@ fn layer_files() -> Vec<(String, Vec<u8>)> {
     let config: Value = serde_json::from_slice(&blob(&layout, manifest["config"]["digest"].as_str().unwrap())).unwrap();
     assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 1);
     let gz = blob(&layout, layers[0]["digest"].as_str().unwrap());
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(gz.as_slice()));
-    let mut files = Vec::new();
-    for entry in archive.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        if entry.header().entry_type().is_dir() {
-            continue;
-        }
-        let path = entry
-            .path()
-            .unwrap()
-            .to_string_lossy()
-            .trim_start_matches("./")
-            .to_owned();
-        let mut bytes = Vec::new();
-        entry.read_to_end(&mut bytes).unwrap();
-        files.push((path, bytes));
-    }
-    files
+    layer_files_of(&gz)
 }
 
 fn built_wasm() -> Vec<u8> {

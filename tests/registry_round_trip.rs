@@ -12,7 +12,7 @@
 mod common;
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -130,23 +130,7 @@ fn yaml(file: &str) -> Vec<Value> {
 }
 
 fn only_file(layer_gz: &[u8]) -> (String, Vec<u8>) {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(layer_gz));
-    let mut files = Vec::new();
-    for entry in archive.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        if entry.header().entry_type().is_dir() {
-            continue;
-        }
-        let path = entry
-            .path()
-            .unwrap()
-            .to_string_lossy()
-            .trim_start_matches("./")
-            .to_owned();
-        let mut bytes = Vec::new();
-        entry.read_to_end(&mut bytes).unwrap();
-        files.push((path, bytes));
-    }
+    let mut files = layer_files_of(layer_gz);
     assert_eq!(files.len(), 1, "{:?}", files.iter().map(|f| &f.0).collect::<Vec<_>>());
     files.remove(0)
 }

@@ -34,14 +34,14 @@ use crate::config::Config;
 use crate::decision::credential;
 use crate::decision::verified_cache::Remembered;
 use crate::decision::{Allowed, Engine, PendingJwt, PendingReference, RequestHead, Step, Verdict};
-use crate::host::{Callout, CalloutResponse, Now, RsaHost, SharedStore};
+use crate::host::{Callout, CalloutResponse, MemoryStore, Now, RsaHost, SharedStore};
 use crate::jwt::jwks::KeySet;
 use crate::jwt::key_sync::{KeySync, KeyWait, Reason, CLAIM_SLACK_MS};
 use crate::jwt::JwtError;
 use crate::reference::cache::{last_usable_second, Claim, Flight, ReferenceCache};
 use crate::reference::introspection::{Answer, AnswerRules, OVER_BUDGET, UNAVAILABLE};
 use crate::rejection::Rejection;
-use crate::sealed::{PrivateStore, SealKey, Sealed};
+use crate::sealed::{SealKey, Sealed};
 use crate::secret::{fingerprint, Secret, TokenHash};
 use crate::stats::Stat;
 use access_log::{Ending, Fields};
@@ -110,7 +110,7 @@ pub struct Worker {
     /// Authenticates what this worker reads from and writes to shared data.
     seal: Option<Rc<SealKey>>,
     /// Without a key: the worker's own store, in place of shared data.
-    private: Rc<PrivateStore>,
+    private: Rc<MemoryStore>,
     engine: Rc<Engine>,
     cache: Option<ReferenceCache>,
     key_sync: Option<KeySync>,
@@ -186,7 +186,7 @@ impl Worker {
         }
         Self {
             seal,
-            private: Rc::new(PrivateStore::default()),
+            private: Rc::new(MemoryStore::default()),
             engine: Rc::new(match rsa_host {
                 Some(host) => Engine::new(config).with_rsa_host(host),
                 None => Engine::new(config),

@@ -53,3 +53,27 @@ pub fn assert_not_leaked(stack: &Stack, secret: &str) {
     assert!(!log.contains("enrt_"), "a reference token appears in Envoy's log");
     assert!(!log.contains("eyJ"), "a JWT appears in Envoy's log");
 }
+
+/// The files in a gzipped tar layer (an OCI image's): (path without a
+/// leading `./`, bytes), directories left out.
+pub fn layer_files_of(gz: &[u8]) -> Vec<(String, Vec<u8>)> {
+    use std::io::Read;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(gz));
+    let mut files = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.header().entry_type().is_dir() {
+            continue;
+        }
+        let path = entry
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_owned();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        files.push((path, bytes));
+    }
+    files
+}
