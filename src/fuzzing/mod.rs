@@ -33,10 +33,11 @@ use crate::jwt::algorithm::Algorithm;
 use crate::jwt::jwks::KeySet;
 use crate::jwt::key_sync::{KeySync, KeyWait};
 use crate::jwt::rs256::PreparedKey;
-use crate::jwt::{self, ClaimRules};
+use crate::jwt::{self, ClaimRules, JwtError};
 use crate::policy::{Access, Policy, RouteRule, UnmatchedRoutes};
 use crate::reference::cache::ReferenceCache;
 use crate::reference::introspection::{read_answer, Answer, AnswerRules};
+use crate::rejection::Rejection;
 use crate::secret::hash_token;
 
 /// The fixed clock of every target (seconds); the seed tokens are valid at it.

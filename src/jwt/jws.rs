@@ -101,14 +101,66 @@ impl<'a> Jws<'a> {
 
 /// `T` from `json` when it is a JSON object in UTF-8. serde's derived
 /// structs also accept an array of the fields in order, and skip the
-/// fields they do not name without checking their UTF-8; jwt-compact's
-/// flattened ones, and so this reader, do neither.
+/// fields they do not name without checking their UTF-8 or reading their
+/// numbers; jwt-compact's flattened ones, which buffer every field, and so
+/// this reader, do none of that: a number no `f64` holds (`1E999`), in any
+/// field, refuses the document too.
 fn object<'de, T: Deserialize<'de>>(json: &'de [u8]) -> Option<T> {
     let json = std::str::from_utf8(json).ok()?;
     if !json.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
         return None;
     }
+    serde_json::from_str::<EveryValueRead>(json).ok()?;
     serde_json::from_str(json).ok()
+}
+
+/// A JSON document read through without keeping anything, so that every
+/// number is parsed as a buffering reader parses it (no allocation).
+struct EveryValueRead;
+
+impl<'de> Deserialize<'de> for EveryValueRead {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> de::Visitor<'de> for Visit {
+            type Value = EveryValueRead;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<EveryValueRead, E> {
+                Ok(EveryValueRead)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<EveryValueRead, E> {
+                Ok(EveryValueRead)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<EveryValueRead, E> {
+                Ok(EveryValueRead)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<EveryValueRead, E> {
+                Ok(EveryValueRead)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<EveryValueRead, E> {
+                Ok(EveryValueRead)
+            }
+            fn visit_unit<E>(self) -> Result<EveryValueRead, E> {
+                Ok(EveryValueRead)
+            }
+            fn visit_none<E>(self) -> Result<EveryValueRead, E> {
+                Ok(EveryValueRead)
+            }
+            fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<EveryValueRead, D::Error> {
+                EveryValueRead::deserialize(d)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<EveryValueRead, A::Error> {
+                while seq.next_element::<EveryValueRead>()?.is_some() {}
+                Ok(EveryValueRead)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<EveryValueRead, A::Error> {
+                while map.next_entry::<IgnoredAny, EveryValueRead>()?.is_some() {}
+                Ok(EveryValueRead)
+            }
+        }
+        deserializer.deserialize_any(Visit)
+    }
 }
 
 /// The claims of an access token the filter reads (RFC 9068 and ERP.net's).
