@@ -338,28 +338,22 @@ fn parse_key(raw: &serde_json::Value, allowed_algorithms: &[Algorithm]) -> Resul
     }
     let (key, public_bytes) = match key_type {
         KeyType::Rsa => return rsa_key(&jwk, kid, algorithm),
+        // SEC 1 uncompressed form; decoding checks the point is on the
+        // curve and not the identity.
         KeyType::P256 => {
-            let x = coordinate(jwk.x.as_deref(), "x", "P-256", 32)?;
-            let y = coordinate(jwk.y.as_deref(), "y", "P-256", 32)?;
-            // SEC 1 uncompressed form; decoding checks the point is on the
-            // curve and not the identity.
-            let sec1 = [&[0x04][..], &x, &y].concat();
+            let sec1 = ec_point(&jwk, "P-256", 32)?;
             let key =
                 p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| KeyProblem::InvalidPoint("P-256"))?;
             (PublicKey::P256(key), sec1)
         }
         KeyType::P384 => {
-            let x = coordinate(jwk.x.as_deref(), "x", "P-384", 48)?;
-            let y = coordinate(jwk.y.as_deref(), "y", "P-384", 48)?;
-            let sec1 = [&[0x04][..], &x, &y].concat();
+            let sec1 = ec_point(&jwk, "P-384", 48)?;
             let key =
                 p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| KeyProblem::InvalidPoint("P-384"))?;
             (PublicKey::P384(key), sec1)
         }
         KeyType::P521 => {
-            let x = coordinate(jwk.x.as_deref(), "x", "P-521", 66)?;
-            let y = coordinate(jwk.y.as_deref(), "y", "P-521", 66)?;
-            let sec1 = [&[0x04][..], &x, &y].concat();
+            let sec1 = ec_point(&jwk, "P-521", 66)?;
             let key =
                 p521::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| KeyProblem::InvalidPoint("P-521"))?;
             (PublicKey::P521(key), sec1)
@@ -439,6 +433,13 @@ fn decode_uint(field: Option<&str>, name: &'static str) -> Result<BigUint, KeyPr
 
 /// A curve coordinate: exactly 32 bytes (RFC 7518 §6.2.1.2, RFC 8037 §2:
 /// the full length, leading zeros kept).
+/// An EC key's `x` and `y`, each `len` bytes, as a SEC 1 uncompressed point.
+fn ec_point(jwk: &Jwk, curve: &'static str, len: usize) -> Result<Vec<u8>, KeyProblem> {
+    let x = coordinate(jwk.x.as_deref(), "x", curve, len)?;
+    let y = coordinate(jwk.y.as_deref(), "y", curve, len)?;
+    Ok([&[0x04][..], &x, &y].concat())
+}
+
 fn coordinate(field: Option<&str>, name: &'static str, curve: &'static str, len: usize) -> Result<Vec<u8>, KeyProblem> {
     let bytes = decode(field, name)?;
     if bytes.len() != len {
