@@ -43,7 +43,7 @@ pub(crate) fn check_request(request: &RequestHead<'_>) -> Result<(), Rejection> 
 
 /// A CORS preflight (Fetch standard §3.2.2): `OPTIONS` with `Origin` and
 /// `Access-Control-Request-Method`. Browsers send it without credentials.
-pub(crate) fn is_cors_preflight(request: &RequestHead<'_>) -> bool {
+fn is_cors_preflight(request: &RequestHead<'_>) -> bool {
     let has = |name: &str| {
         request
             .headers

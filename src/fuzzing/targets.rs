@@ -238,7 +238,7 @@ pub fn shared_state(data: &[u8]) {
         }
         _ => {
             store.set("fuzz.jwks", value, None);
-            if let Some((_, bytes)) = sync.newer_than(&store, 0) {
+            if let Some((_, _, bytes)) = sync.newer_published(&store, 0) {
                 let _ = KeySet::from_json(&bytes, &config.algorithms);
             }
         }

@@ -366,12 +366,6 @@ impl KeySync {
         store.set(&self.state_key, &state.encode(), None);
     }
 
-    /// The published set if its version differs from `known`.
-    pub fn newer_than(&self, store: &dyn SharedStore, known: u64) -> Option<(u64, Vec<u8>)> {
-        self.newer_published(store, known)
-            .map(|(version, _, jwks)| (version, jwks))
-    }
-
     /// The published set if its version differs from `known`: its version,
     /// the digest it was published with, and the JWKS document. Whoever
     /// reads it checks the digest against the keys it parses.
@@ -441,16 +435,16 @@ mod tests {
     fn published_set_has_a_version_workers_compare() {
         let store = MemoryStore::default();
         let s = sync();
-        assert_eq!(s.newer_than(&store, 0), None);
+        assert_eq!(s.newer_published(&store, 0), None);
         s.try_claim(&store, Reason::Periodic, 0);
         s.finish(&store, 10, Some((b"jwks-1", [1; 32])));
-        let (v1, body) = s.newer_than(&store, 0).unwrap();
+        let (v1, _, body) = s.newer_published(&store, 0).unwrap();
         assert_eq!((v1, body.as_slice()), (1, &b"jwks-1"[..]));
-        assert_eq!(s.newer_than(&store, v1), None, "unchanged: nothing to re-parse");
+        assert_eq!(s.newer_published(&store, v1), None, "unchanged: nothing to re-parse");
         s.finish(&store, 20, Some((b"jwks-2", [2; 32])));
-        assert_eq!(s.newer_than(&store, v1).unwrap().0, 2);
+        assert_eq!(s.newer_published(&store, v1).unwrap().0, 2);
         s.finish(&store, 30, Some((b"jwks-2, reordered", [2; 32])));
-        assert_eq!(s.newer_than(&store, 2), None, "the same keys: no new version");
+        assert_eq!(s.newer_published(&store, 2), None, "the same keys: no new version");
     }
 
     #[test]
@@ -478,7 +472,7 @@ mod tests {
         s.finish(&store, 0, Some((b"good", [1; 32])));
         s.try_claim(&store, Reason::Periodic, 10_000);
         s.finish(&store, 10_000, None);
-        assert_eq!(s.newer_than(&store, 0).unwrap().1, b"good");
+        assert_eq!(s.newer_published(&store, 0).unwrap().2, b"good");
         assert!(!s.try_claim(&store, Reason::Periodic, 10_999));
         assert!(s.try_claim(&store, Reason::Periodic, 11_000), "first retry after 1 s");
         s.finish(&store, 11_000, None);
