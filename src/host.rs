@@ -14,6 +14,16 @@ pub trait SharedStore {
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
 }
 
+/// A header name or value as the core reads it: the text, or, when it is
+/// not UTF-8, [`NOT_TEXT`], which no credential check accepts and no rule
+/// matches. Both hosts read Envoy's headers this way.
+pub fn header_text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap_or(NOT_TEXT)
+}
+
+/// Stands in for a header name or value that is not UTF-8.
+pub const NOT_TEXT: &str = "\u{fffd}";
+
 /// One reading of the host clock, taken once per event and passed down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Now {
@@ -57,7 +67,7 @@ impl fmt::Debug for Callout {
 
 /// RSA signature verification offered by the host (Envoy's BoringSSL, through
 /// the `verify_signature` foreign function).
-pub trait RsaHost {
+pub trait RsaHost: Send + Sync {
     /// Whether `signature` is an RSASSA-PKCS1-v1_5 SHA-256 signature of
     /// `message` under the key (SubjectPublicKeyInfo DER); `None` when the
     /// host could not be asked (the caller then verifies in the module).
@@ -77,44 +87,48 @@ pub trait CalloutResponse {
 /// delete): a worker's own store where shared data cannot be trusted
 /// (`sealed`), and the tests' shared data.
 #[derive(Debug, Default)]
-pub(crate) struct MemoryStore {
-    map: std::cell::RefCell<std::collections::HashMap<String, (Vec<u8>, u32)>>,
+pub struct MemoryStore {
+    map: std::sync::Mutex<std::collections::HashMap<String, (Vec<u8>, u32)>>,
+}
+
+impl MemoryStore {
+    /// The map; a panic elsewhere while it was held cannot leave it half
+    /// written (every change is one insert), so a poisoned lock is used as is.
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (Vec<u8>, u32)>> {
+        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 #[cfg(test)]
 impl MemoryStore {
     /// Number of keys ever written (shared data never shrinks).
     pub(crate) fn len(&self) -> usize {
-        self.map.borrow().len()
+        self.lock().len()
     }
 
     /// A copy, to run something against without touching this store.
     pub(crate) fn snapshot(&self) -> Self {
         Self {
-            map: std::cell::RefCell::new(self.map.borrow().clone()),
+            map: std::sync::Mutex::new(self.lock().clone()),
         }
     }
 
     /// Every key and value, for tests that look for leaks.
     pub(crate) fn entries(&self) -> Vec<(String, Vec<u8>)> {
-        self.map
-            .borrow()
-            .iter()
-            .map(|(k, (v, _))| (k.clone(), v.clone()))
-            .collect()
+        self.lock().iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect()
     }
 }
 
 impl SharedStore for MemoryStore {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        match self.map.borrow().get(key) {
+        match self.lock().get(key) {
             Some((v, cas)) => (Some(v.clone()), Some(*cas)),
             None => (None, None),
         }
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        let mut map = self.map.borrow_mut();
+        let mut map = self.lock();
         let current = map.get(key).map_or(0, |(_, c)| *c);
         if let Some(expected) = cas {
             if expected != 0 && expected != current {

@@ -46,6 +46,7 @@ mod envoy;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 mod host;
+pub mod hosting;
 pub mod jwt;
 mod policy;
 mod principal;

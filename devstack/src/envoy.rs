@@ -29,6 +29,53 @@ pub fn wasm_path() -> PathBuf {
     )
 }
 
+/// Which host runs the filter in Envoy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Host {
+    /// The proxy-wasm filter (`.wasm`, in Envoy's V8): the default.
+    #[default]
+    Wasm,
+    /// The native dynamic module (`native/`, a shared library).
+    Native,
+}
+
+impl Host {
+    /// `$ERP_EDGE_HOST` (`wasm` or `native`), wasm when unset: the
+    /// through-Envoy suites run against whichever it names.
+    pub fn current() -> Result<Self, Error> {
+        match std::env::var("ERP_EDGE_HOST").as_deref() {
+            Err(_) | Ok("") | Ok("wasm") => Ok(Self::Wasm),
+            Ok("native") => Ok(Self::Native),
+            Ok(other) => Err(format!("ERP_EDGE_HOST={other}: expected `wasm` or `native`").into()),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Wasm => "wasm",
+            Self::Native => "native",
+        }
+    }
+
+    /// Where Envoy puts the filter's own stats.
+    pub fn stat_prefix(self) -> &'static str {
+        match self {
+            Self::Wasm => "wasmcustom.erp_edge_validator.",
+            Self::Native => "erp_edge_validator.",
+        }
+    }
+}
+
+/// The folder holding the native module (`liberp_edge_validator_native.so`):
+/// `$ERP_EDGE_NATIVE_DIR`, or the `native` profile's build in `target/`.
+pub fn native_dir() -> PathBuf {
+    std::env::var_os("ERP_EDGE_NATIVE_DIR").map_or_else(|| repo_root().join("target/native"), PathBuf::from)
+}
+
+/// The native module's name (`dynamic_module_config.name`): Envoy loads
+/// `lib<name>.so` from `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+pub const NATIVE_MODULE: &str = "erp_edge_validator_native";
+
 /// The Envoy binary: `$ENVOY_BIN`, or the project venv's.
 pub fn envoy_bin() -> PathBuf {
     std::env::var_os("ENVOY_BIN").map_or_else(|| repo_root().join(".venv/bin/envoy"), PathBuf::from)
@@ -75,6 +122,8 @@ pub struct Placeholders {
     /// TLS to the identity service; `None` only as a development setting.
     pub identity_tls: Option<IdentityTls>,
     pub wasm_path: String,
+    /// The wasm filter, or the native module in its place.
+    pub host: Host,
     /// More listeners like the first, each with its own filter configuration
     /// (the same VM, so the same shared data).
     pub extra_listeners: Vec<ExtraListener>,
@@ -98,6 +147,46 @@ pub struct ExtraListener {
 }
 
 const LISTENER_BEGIN: &str = "  # listener: begin";
+
+/// The wasm filter's `typed_config` in the template, from its type to its
+/// configuration's value.
+const WASM_FILTER_BEGIN: &str =
+    "              \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n";
+const WASM_FILTER_END: &str = "                  value: {{filter_config}}\n";
+
+/// The native module in the wasm filter's place: the same filter name, the
+/// same configuration JSON. Its stats are `erp_edge_validator.*`.
+fn native_filter() -> String {
+    format!(
+        "              \"@type\": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config:
+                name: {NATIVE_MODULE}
+                metrics_namespace: erp_edge_validator
+              filter_name: erp_edge_validator
+              filter_config:
+                \"@type\": type.googleapis.com/google.protobuf.StringValue
+                value: {{{{filter_config}}}}
+"
+    )
+}
+
+/// The template with the filter of `host`.
+fn with_host(template: &str, host: Host) -> Result<String, Error> {
+    match host {
+        Host::Wasm => Ok(template.to_owned()),
+        Host::Native => {
+            let begin = template
+                .find(WASM_FILTER_BEGIN)
+                .ok_or("template: the wasm filter is not where the native host expects it")?;
+            let end = template[begin..]
+                .find(WASM_FILTER_END)
+                .ok_or("template: the wasm filter's configuration is not where the native host expects it")?
+                + begin
+                + WASM_FILTER_END.len();
+            Ok(format!("{}{}{}", &template[..begin], native_filter(), &template[end..]))
+        }
+    }
+}
 const LISTENER_END: &str = "  # listener: end\n";
 
 /// The identity cluster's `transport_socket`, or the marked plaintext setting.
@@ -152,6 +241,7 @@ pub fn render(placeholders: &Placeholders, filter_config: &Value) -> Result<Stri
     let path = repo_root().join("envoy/envoy.template.yaml");
     let template = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let p = placeholders;
+    let template = with_host(&template, p.host)?;
     let template = with_extra_listeners(&template, &p.extra_listeners)?;
     // A JSON string is a valid YAML double-quoted scalar.
     let config_literal = serde_json::to_string(&filter_config.to_string())?;
@@ -224,6 +314,7 @@ pub fn render_compose(ports: &ComposePorts, patch: Option<&Value>) -> Result<Str
                 server_name: crate::tls::IDENTITY_NAME.into(),
             }),
             wasm_path: "/etc/envoy/erp_edge_validator.wasm".into(),
+            host: Host::Wasm,
             extra_listeners: Vec::new(),
         },
         &config,
@@ -290,7 +381,7 @@ impl Envoy {
             .arg("--log-level")
             .arg(&options.log_level)
             .args(if options.filter_debug {
-                &["--component-log-level", "wasm:debug"][..]
+                &["--component-log-level", "wasm:debug,dynamic_modules:debug"][..]
             } else {
                 &[][..]
             })
@@ -300,6 +391,8 @@ impl Envoy {
             .arg("--disable-hot-restart")
             .arg("--admin-address-path")
             .arg(dir.join("admin.txt"))
+            // Where a configuration with the native module finds it.
+            .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", native_dir())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -378,6 +471,13 @@ impl Envoy {
     /// Everything Envoy logged so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+
+    /// One of the filter's own counters or gauges (`allowed`, ...), where
+    /// the current [`Host`] puts it.
+    pub fn filter_stat(&self, name: &str) -> Option<u64> {
+        let prefix = Host::current().ok()?.stat_prefix();
+        self.stat(&format!("{prefix}{name}"))
     }
 
     /// A counter or gauge from the admin `/stats` page.

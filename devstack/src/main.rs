@@ -149,10 +149,17 @@ fn serve_echo(addr: Option<&String>) -> Result<(), Error> {
 }
 
 fn run() -> Result<(), Error> {
+    let host = envoy::Host::current()?;
     let wasm = envoy::wasm_path();
-    if !wasm.exists() {
-        return Err(format!("{} not found: run `make build` first", wasm.display()).into());
+    let module = envoy::native_dir().join(format!("lib{}.so", envoy::NATIVE_MODULE));
+    let built = match host {
+        envoy::Host::Wasm => &wasm,
+        envoy::Host::Native => &module,
+    };
+    if !built.exists() {
+        return Err(format!("{} not found: run `make build` first", built.display()).into());
     }
+    eprintln!("the filter runs as the {} host ({})", host.name(), built.display());
     let authority = Authority::new("erp-devstack identity CA")?;
     let ca_path = envoy::repo_root().join(".run/identity-ca.pem");
     authority.write(&ca_path)?;
@@ -179,6 +186,7 @@ fn run() -> Result<(), Error> {
                 server_name: IDENTITY_NAME.into(),
             }),
             wasm_path: wasm.display().to_string(),
+            host,
             extra_listeners: Vec::new(),
         },
         &config,

@@ -112,6 +112,7 @@ impl Stack {
                     server_name: IDENTITY_NAME.into(),
                 }),
                 wasm_path: envoy::wasm_path().display().to_string(),
+                host: envoy::Host::current()?,
                 extra_listeners: match &options.second_filter_config {
                     None => Vec::new(),
                     Some(patch) => vec![ExtraListener {

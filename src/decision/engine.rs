@@ -6,8 +6,8 @@
 //! Pure: the coordination in [`crate::worker`] gathers what a step needs and
 //! finishes it here, with the same functions the first pass uses.
 
-use std::cell::Cell;
-use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 use super::request::{check_request, passes_as_preflight, RequestHead};
 use crate::config::Config;
@@ -105,7 +105,7 @@ impl PendingReference {
 pub struct Allowed {
     /// Who is calling and the identity headers to set; `None` on public
     /// routes. (The client's copies of those headers are always removed.)
-    pub identity: Option<Rc<Identity>>,
+    pub identity: Option<Arc<Identity>>,
     /// Credential header to remove (`strip_credential`).
     pub remove_header: Option<String>,
     /// In report-only mode: the refusal this request would have had.
@@ -146,11 +146,11 @@ pub struct Engine {
 /// What the engine counted since the last [`Engine::take_counts`].
 #[derive(Debug, Default)]
 struct Verifications {
-    host: Cell<u32>,
-    module: Cell<u32>,
-    jwt_hits: Cell<u32>,
-    jwt_misses: Cell<u32>,
-    over_budget: Cell<u32>,
+    host: AtomicU32,
+    module: AtomicU32,
+    jwt_hits: AtomicU32,
+    jwt_misses: AtomicU32,
+    over_budget: AtomicU32,
 }
 
 /// Signatures verified (by the host, in the module), and JWTs found in or
@@ -164,8 +164,8 @@ pub struct Counts {
     pub over_budget: u32,
 }
 
-fn bump(cell: &Cell<u32>) {
-    cell.set(cell.get().saturating_add(1));
+fn bump(count: &AtomicU32) {
+    count.fetch_add(1, Ordering::Relaxed);
 }
 
 impl std::fmt::Debug for Engine {
@@ -197,11 +197,11 @@ impl Engine {
     pub fn take_counts(&self) -> Counts {
         let v = &self.verifications;
         Counts {
-            by_host: v.host.take(),
-            in_module: v.module.take(),
-            jwt_hits: v.jwt_hits.take(),
-            jwt_misses: v.jwt_misses.take(),
-            over_budget: v.over_budget.take(),
+            by_host: v.host.swap(0, Ordering::Relaxed),
+            in_module: v.module.swap(0, Ordering::Relaxed),
+            jwt_hits: v.jwt_hits.swap(0, Ordering::Relaxed),
+            jwt_misses: v.jwt_misses.swap(0, Ordering::Relaxed),
+            over_budget: v.over_budget.swap(0, Ordering::Relaxed),
         }
     }
 
@@ -289,7 +289,7 @@ impl Engine {
         };
         let identity = self.identity(principal, || pending.hash).inspect(|identity| {
             if let Some(until) = until {
-                references.insert(pending.token.expose(), None, Rc::clone(identity), until);
+                references.insert(pending.token.expose(), None, Arc::clone(identity), until);
             }
         });
         identity
@@ -302,7 +302,7 @@ impl Engine {
     pub fn finish_jwt(&self, pending: &PendingJwt, keys: &KeySet, memory: &mut Remembered, now: u64) -> Verdict {
         let token = pending.token.expose();
         // Another request may have verified the same token meanwhile.
-        let remembered = memory.jwts.get(token, now).map(|identity| Ok(Rc::clone(identity)));
+        let remembered = memory.jwts.get(token, now).map(|identity| Ok(Arc::clone(identity)));
         let verdict = remembered
             .unwrap_or_else(|| self.verify_jwt(token, keys, &mut memory.jwts, now))
             .map_err(Rejection::from)
@@ -344,7 +344,7 @@ impl Engine {
             }
             if let Some(identity) = jwt.or_else(|| memory.references.get(found.token, now)) {
                 return self
-                    .allow(access, Rc::clone(identity), found.header)
+                    .allow(access, Arc::clone(identity), found.header)
                     .map(|allowed| Step::Done(Verdict::Allow(allowed)));
             }
         }
@@ -397,7 +397,7 @@ impl Engine {
         keys: &KeySet,
         verified: &mut VerifiedCache,
         now: u64,
-    ) -> Result<Rc<Identity>, TokenProblem> {
+    ) -> Result<Arc<Identity>, TokenProblem> {
         let host = self.rsa_host.as_deref();
         bump(&self.verifications.jwt_misses);
         let checked = jwt::verify_with(token, keys, &self.claim_rules(), now, host, Some(&self.budget))
@@ -426,12 +426,12 @@ impl Engine {
             .principal
             .expires_at
             .saturating_add(self.config.clock_skew_seconds);
-        verified.insert(token, Some(checked.key), Rc::clone(&identity), until);
+        verified.insert(token, Some(checked.key), Arc::clone(&identity), until);
         Ok(identity)
     }
 
     /// Checks the route's scopes and builds what the upstream receives.
-    fn allow(&self, access: &Access, identity: Rc<Identity>, credential_header: &str) -> Result<Allowed, Rejection> {
+    fn allow(&self, access: &Access, identity: Arc<Identity>, credential_header: &str) -> Result<Allowed, Rejection> {
         access.check(&identity.principal.scopes)?;
         Ok(Allowed {
             identity: Some(identity),
@@ -444,13 +444,13 @@ impl Engine {
     /// the token `hash` gives. The fingerprint is for the access log: the
     /// hash is asked for only when something prints it (for a JWT it is a
     /// SHA-256 over the whole token).
-    fn identity(&self, principal: Principal, hash: impl FnOnce() -> TokenHash) -> Result<Rc<Identity>, Rejection> {
+    fn identity(&self, principal: Principal, hash: impl FnOnce() -> TokenHash) -> Result<Arc<Identity>, Rejection> {
         let fingerprint = if self.config.access_log_fields {
             secret::fingerprint(&hash())
         } else {
             String::new()
         };
-        Identity::new(principal, &self.config.identity_headers, fingerprint).map(Rc::new)
+        Identity::new(principal, &self.config.identity_headers, fingerprint).map(Arc::new)
     }
 }
 

@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hasher};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::jwt::jwks::KeyMaterial;
 use crate::principal::Identity;
@@ -44,7 +44,7 @@ struct Entry {
     token: Box<str>,
     /// The material of the key that verified a JWT (`None`: a reference token).
     key: Option<KeyMaterial>,
-    identity: Rc<Identity>,
+    identity: Arc<Identity>,
     /// Last second (since the epoch) the entry may be used.
     until: u64,
 }
@@ -132,7 +132,7 @@ impl VerifiedCache {
 
     /// The identity remembered for exactly this token, if `now` is not past
     /// its expiry.
-    pub fn get(&self, token: &str, now: u64) -> Option<&Rc<Identity>> {
+    pub fn get(&self, token: &str, now: u64) -> Option<&Arc<Identity>> {
         if self.len == 0 {
             return None;
         }
@@ -145,7 +145,7 @@ impl VerifiedCache {
 
     /// Remembers an identity until second `until`. A full cache is emptied
     /// first: bounded memory without bookkeeping on the hot path.
-    pub fn insert(&mut self, token: &str, key: Option<KeyMaterial>, identity: Rc<Identity>, until: u64) {
+    pub fn insert(&mut self, token: &str, key: Option<KeyMaterial>, identity: Arc<Identity>, until: u64) {
         if self.capacity == 0 {
             return;
         }
@@ -189,7 +189,7 @@ mod tests {
     use super::*;
     use crate::principal::{Principal, PrincipalKind};
 
-    fn principal(exp: u64) -> Rc<Identity> {
+    fn principal(exp: u64) -> Arc<Identity> {
         let principal = Principal {
             kind: PrincipalKind::Jwt,
             client_id: None,
@@ -200,7 +200,7 @@ mod tests {
             expires_at: exp,
             claims: Vec::new(),
         };
-        Rc::new(Identity {
+        Arc::new(Identity {
             principal,
             headers: Vec::new(),
             fingerprint: String::new(),

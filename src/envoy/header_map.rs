@@ -11,9 +11,9 @@
 //! u32; `n` pairs of little-endian u32 lengths (name, value); then each
 //! name and each value in order, each followed by one NUL byte.
 
-/// Stands in for a name or value that is not UTF-8: no credential check
-/// accepts it, and no rule matches it.
-pub(crate) const NOT_TEXT: &str = "\u{fffd}";
+use crate::host::header_text as text;
+#[cfg(test)]
+use crate::host::NOT_TEXT;
 
 /// The pairs of a serialized header map, borrowed from `bytes`. An empty
 /// buffer is an empty map.
@@ -54,10 +54,6 @@ fn terminated(bytes: &[u8], at: usize, len: usize) -> Option<&[u8]> {
         Some(0) => bytes.get(at..end),
         _ => None,
     }
-}
-
-fn text(bytes: &[u8]) -> &str {
-    std::str::from_utf8(bytes).unwrap_or(NOT_TEXT)
 }
 
 #[cfg(test)]

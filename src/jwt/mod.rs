@@ -102,26 +102,27 @@ fn verified_in_module(algorithm: Algorithm, key: &PublicKey, input: &[u8], signa
 pub struct VerifyBudget {
     per_second: u32,
     /// The second of the clock and the verifications made in it.
-    window: std::cell::Cell<(u64, u32)>,
+    window: std::sync::Mutex<(u64, u32)>,
 }
 
 impl VerifyBudget {
     pub fn new(per_second: u32) -> Self {
         Self {
             per_second,
-            window: std::cell::Cell::new((0, 0)),
+            window: std::sync::Mutex::new((0, 0)),
         }
     }
 
     /// Takes `weight` verifications in second `now`; false when they are
     /// spent.
     pub fn take(&self, now: u64, weight: u32) -> bool {
-        let (second, used) = self.window.get();
+        let mut window = self.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (second, used) = *window;
         let used = if second == now { used } else { 0 };
         if used.saturating_add(weight) > self.per_second {
             return false;
         }
-        self.window.set((now, used + weight));
+        *window = (now, used + weight);
         true
     }
 }

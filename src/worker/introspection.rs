@@ -93,7 +93,7 @@ impl Worker {
         store: &dyn SharedStore,
         out: &mut Vec<Effect>,
     ) {
-        let engine = Rc::clone(&self.engine);
+        let engine = Arc::clone(&self.engine);
         let (Some(cache), Some(config)) = (&self.cache, &engine.config().introspection) else {
             return self.resolve(&hash, Err(&UNAVAILABLE), None, out);
         };
@@ -216,7 +216,7 @@ impl Worker {
     /// ended without an answer or outlived its deadline; calls again for
     /// orphaned requests.
     pub(super) fn poll_remote(&mut self, now: Now, store: &dyn SharedStore, out: &mut Vec<Effect>) {
-        let engine = Rc::clone(&self.engine);
+        let engine = Arc::clone(&self.engine);
         let (Some(cache), Some(config)) = (self.cache.clone(), engine.config().introspection.as_ref()) else {
             return;
         };

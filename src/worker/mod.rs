@@ -27,7 +27,7 @@ use introspection::{Call, RemoteWait, Waiter};
 use keys::KeyWaiter;
 
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
@@ -108,10 +108,14 @@ pub enum Purpose {
 #[derive(Debug)]
 pub struct Worker {
     /// Authenticates what this worker reads from and writes to shared data.
-    seal: Option<Rc<SealKey>>,
+    seal: Option<Arc<SealKey>>,
     /// Without a key: the worker's own store, in place of shared data.
-    private: Rc<MemoryStore>,
-    engine: Rc<Engine>,
+    private: Arc<MemoryStore>,
+    /// The host's store is the host's own memory, written by nothing but
+    /// this filter (the native host): used as it is, neither sealed nor
+    /// replaced.
+    store_trusted: bool,
+    engine: Arc<Engine>,
     cache: Option<ReferenceCache>,
     key_sync: Option<KeySync>,
     /// The keys requests are checked against: inline ones plus the last
@@ -177,17 +181,12 @@ impl Worker {
                 .map_or(0, |i| i.cache_max_entries as usize),
         );
         let keys = config.inline_keys.clone();
-        let seal = config.seal_key().map(Rc::new);
-        if seal.is_none() && config.remote_jwks.is_some() {
-            log::warn!(
-                "erp-edge-validator: no shared_data_secret and no introspection client secret: \
-                 nothing is trusted from shared data, and each worker fetches its own signing keys"
-            );
-        }
+        let seal = config.seal_key().map(Arc::new);
         Self {
             seal,
-            private: Rc::new(MemoryStore::default()),
-            engine: Rc::new(match rsa_host {
+            private: Arc::new(MemoryStore::default()),
+            store_trusted: false,
+            engine: Arc::new(match rsa_host {
                 Some(host) => Engine::new(config).with_rsa_host(host),
                 None => Engine::new(config),
             }),
@@ -205,6 +204,16 @@ impl Worker {
             force_key_fetch: false,
             tick: Duration::ZERO,
         }
+    }
+
+    /// The same worker, for a host whose store is process memory that only
+    /// this filter writes (the native dynamic module): the store is used as
+    /// it is, without the seal that guards Envoy's shared data against
+    /// other plugins, and without falling back to a private store.
+    pub fn trusting_the_store(mut self) -> Self {
+        self.store_trusted = true;
+        self.seal = None;
+        self
     }
 
     pub fn config(&self) -> &Config {
@@ -229,6 +238,12 @@ impl Worker {
     /// The first effects after configuration: with remote keys, tick at once
     /// to pick up a published set or fetch one.
     pub fn start(&mut self) -> Vec<Effect> {
+        if self.seal.is_none() && !self.store_trusted && self.key_sync.is_some() {
+            log::warn!(
+                "erp-edge-validator: no shared_data_secret and no introspection client secret: \
+                 nothing is trusted from shared data, and each worker fetches its own signing keys"
+            );
+        }
         let mut out = Vec::new();
         if self.key_sync.is_some() {
             self.tick = NOW_TICK;
@@ -495,6 +510,9 @@ impl Worker {
         host: &dyn SharedStore,
         event: impl FnOnce(&mut Self, &dyn SharedStore) -> Vec<Effect>,
     ) -> Vec<Effect> {
+        if self.store_trusted {
+            return event(self, host);
+        }
         match self.seal.clone() {
             Some(key) => {
                 let sealed = Sealed::new(host, &key);
@@ -503,7 +521,7 @@ impl Worker {
                 out
             }
             None => {
-                let private = Rc::clone(&self.private);
+                let private = Arc::clone(&self.private);
                 event(self, &*private)
             }
         }
