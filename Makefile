@@ -1,8 +1,9 @@
 # erp-edge-validator: the map of the project. CI and the README use these targets.
 #
-#   make build   the filter (.wasm) and the development stack
+#   make build   the filter (.wasm), the native module (.so) and the development stack
 #   make test    unit tests, then integration tests through real Envoy
 #   make run     Envoy + filter + identity emulator + echo upstream; prints curl examples
+#                (HOST=native: the native dynamic module instead of the wasm filter)
 #   make compose-up / compose-down
 #                the same stack in containers (Podman, images built here,
 #                envoy/docker-compose.yaml + envoy/docker-compose.local.yaml)
@@ -52,14 +53,25 @@ build: toolchain
 	cargo build --release --target $(WASM_TARGET) -p erp-edge-validator
 	cargo build --release --target $(WASM_TARGET) -p erp-edge-validator --features chaos-trap --target-dir target/chaos
 	cargo build --release --target $(WASM_TARGET) -p shared-data-writer
+	cargo build --profile native -p erp-edge-validator-native
+	cargo build -p erp-edge-validator-native --features chaos-panic --target-dir target/native-chaos
 	cargo build -p erp-devstack -p erp-edge-inspector
 	@ls -l $(WASM)
 
+# The through-Envoy behaviour suites, run once more against the native
+# module (ERP_EDGE_HOST=native) after the whole workspace ran them against
+# the wasm filter.
+NATIVE_SUITES := jwt_through_envoy reference_through_envoy keys_through_envoy hardening_through_envoy \
+	stats_through_envoy chaos_through_envoy access_log_through_envoy curves_through_envoy \
+	flood_through_envoy startup native_module_abi soak_through_envoy
 test: build venv inspector chromium image containers
 	cargo test --workspace
+	ERP_EDGE_HOST=native cargo test -p erp-edge-validator $(addprefix --test ,$(NATIVE_SUITES))
 
+# HOST=wasm (the default) or HOST=native.
+HOST ?= wasm
 run: build venv
-	cargo run --quiet -p erp-devstack -- run
+	ERP_EDGE_HOST=$(HOST) cargo run --quiet -p erp-devstack -- run
 
 lint: toolchain
 	cargo fmt --all -- --check

@@ -90,10 +90,7 @@ fn real_tokens_keep_passing_through_a_flood_of_made_up_ones_at_ten_times_the_bud
     let (ok, unavailable) = (ok.load(Ordering::Relaxed), unavailable.load(Ordering::Relaxed));
     let calls = stack.idp.introspections() - introspections_before;
     let rate = ok as f64 / (ok + unavailable) as f64;
-    let over_budget = stack
-        .envoy
-        .stat("wasmcustom.erp_edge_validator.introspections_over_budget")
-        .unwrap_or(0);
+    let over_budget = stack.envoy.filter_stat("introspections_over_budget").unwrap_or(0);
     let _ = writeln!(
         std::io::stderr(),
         "flood: {:.0} made-up tokens/s for {seconds:.1} s (budget {BUDGET}/s, answers live {TTL_SECONDS} s); \

@@ -50,7 +50,7 @@ fn pat_with_read_passes_in_every_credential_header_and_may_not_post() {
         1,
         "one call for four requests with one token"
     );
-    let stat = |name: &str| stack.envoy.stat(&format!("wasmcustom.erp_edge_validator.{name}"));
+    let stat = |name: &str| stack.envoy.filter_stat(name);
     assert_eq!(stat("introspections"), Some(1));
     assert_eq!(
         stat("reference_cache_hits"),

@@ -149,10 +149,7 @@ fn a_key_set_and_an_answer_planted_by_another_plugin_in_the_vm_are_refused_and_c
             0,
             "vm_id {vm_id:?}: a planted credential reached the upstream"
         );
-        let refused = stack
-            .envoy
-            .stat("wasmcustom.erp_edge_validator.shared_data_refused")
-            .unwrap_or(0);
+        let refused = stack.envoy.filter_stat("shared_data_refused").unwrap_or(0);
         assert!(refused > 0, "vm_id {vm_id:?}: nothing was counted");
         // The real credentials still work.
         let jwt = bearer(&stack.idp.access_token(&["DomainApi", "read"]));

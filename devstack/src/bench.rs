@@ -264,6 +264,7 @@ pub fn run() -> Result<(), Error> {
         concurrency: 1,
         log_level: "warning".into(),
         filter_debug: false,
+        native_dir: None,
     };
     let mut setups = Vec::new();
     for s in &scenarios {

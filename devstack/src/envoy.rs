@@ -331,6 +331,8 @@ pub struct EnvoyOptions {
     /// Log the filter (`wasm` component) at `debug` whatever `log_level`
     /// says (the tests do, to prove no token is ever logged).
     pub filter_debug: bool,
+    /// Where the native module is loaded from; [`native_dir`] when `None`.
+    pub native_dir: Option<PathBuf>,
 }
 
 impl Default for EnvoyOptions {
@@ -339,6 +341,7 @@ impl Default for EnvoyOptions {
             concurrency: 1,
             log_level: "info".into(),
             filter_debug: true,
+            native_dir: None,
         }
     }
 }
@@ -392,7 +395,10 @@ impl Envoy {
             .arg("--admin-address-path")
             .arg(dir.join("admin.txt"))
             // Where a configuration with the native module finds it.
-            .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", native_dir())
+            .env(
+                "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
+                options.native_dir.clone().unwrap_or_else(native_dir),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

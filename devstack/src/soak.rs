@@ -23,7 +23,7 @@ use rand::Rng;
 use serde_json::json;
 
 use crate::client;
-use crate::envoy::EnvoyOptions;
+use crate::envoy::{EnvoyOptions, Host};
 use crate::idp::{Fault, ReferenceKind};
 use crate::stack::{Stack, StackOptions};
 use crate::tokens::{self, Error, SigningKey};
@@ -285,6 +285,7 @@ pub fn soak(options: &SoakOptions) -> Result<Report, Error> {
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
+    let host = Host::current()?;
     let vm_created_at_start = vm_stat(&stack, "created");
 
     // The load.
@@ -350,7 +351,12 @@ pub fn soak(options: &SoakOptions) -> Result<Report, Error> {
         },
         introspections: idp.introspections(),
         jwks_requests: idp.jwks_requests(),
-        envoy_alive: stack.envoy.pid().is_some() && vm_stat(&stack, "active").is_some(),
+        host,
+        envoy_alive: stack.envoy.pid().is_some()
+            && match host {
+                Host::Wasm => vm_stat(&stack, "active").is_some(),
+                Host::Native => stack.envoy.stat("server.live") == Some(1),
+            },
     }))
 }
 
@@ -672,6 +678,8 @@ struct Judged<'a> {
     notes: &'a [String],
     /// VMs created during the run (`None`: the stat could not be read).
     vm_restarts: Option<u64>,
+    /// The native module has no VM to restart.
+    host: Host,
     introspections: u64,
     jwks_requests: u64,
     envoy_alive: bool,
@@ -797,8 +805,14 @@ fn judge(j: &Judged<'_>) -> Report {
             "{unauthenticated} request(s) reached the upstream without a valid credential"
         ));
     }
-    match j.vm_restarts {
-        Some(restarts) => {
+    match (j.host, j.vm_restarts) {
+        (Host::Native, _) => {
+            let _ = writeln!(
+                table,
+                "VM restarts: none to count (the native module runs in Envoy itself)"
+            );
+        }
+        (Host::Wasm, Some(restarts)) => {
             let _ = writeln!(
                 table,
                 "VM restarts (wasm.envoy.wasm.runtime.v8.created during the run): {restarts}"
@@ -807,7 +821,7 @@ fn judge(j: &Judged<'_>) -> Report {
                 violations.push(format!("the VM was restarted {restarts} time(s)"));
             }
         }
-        None => violations.push("the VM counter could not be read".into()),
+        (Host::Wasm, None) => violations.push("the VM counter could not be read".into()),
     }
     if !j.envoy_alive {
         violations.push("Envoy is not running at the end".into());

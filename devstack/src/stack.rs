@@ -43,6 +43,8 @@ pub struct StackOptions {
     /// Another Wasm plugin in the same `vm_id`, before the filter in the
     /// chain: its module and its configuration.
     pub neighbour_plugin: Option<(std::path::PathBuf, Value)>,
+    /// The host that runs the filter; `$ERP_EDGE_HOST`'s when `None`.
+    pub host: Option<envoy::Host>,
 }
 
 /// The identity service's certificate, as Envoy sees it.
@@ -112,7 +114,10 @@ impl Stack {
                     server_name: IDENTITY_NAME.into(),
                 }),
                 wasm_path: envoy::wasm_path().display().to_string(),
-                host: envoy::Host::current()?,
+                host: match options.host {
+                    Some(host) => host,
+                    None => envoy::Host::current()?,
+                },
                 extra_listeners: match &options.second_filter_config {
                     None => Vec::new(),
                     Some(patch) => vec![ExtraListener {
@@ -211,8 +216,15 @@ fn with_vm_id_and_neighbour(
 ) -> Result<String, Error> {
     const VM_ID: &str = "vm_id: erp_edge_validator\n";
     const FILTER: &str = "          - name: erp.edge_validator\n";
+    if vm_id.is_none() && neighbour.is_none() {
+        return Ok(yaml);
+    }
     if !yaml.contains(VM_ID) || !yaml.contains(FILTER) {
-        return Err("template: the filter's vm_id or name is not where the stack expects it".into());
+        return Err(
+            "template: the filter's vm_id or name is not where the stack expects it \
+                    (a vm_id and a neighbour plugin are for the wasm host only)"
+                .into(),
+        );
     }
     let id = vm_id.unwrap_or("erp_edge_validator");
     let mut yaml = yaml.replace(VM_ID, &format!("vm_id: {}\n", serde_json::to_string(id)?));

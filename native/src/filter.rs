@@ -224,6 +224,8 @@ impl Stream {
             let head = request_head(&headers, !end_of_stream);
             let clock = now();
             let mut worker = locked(&shared.worker);
+            #[cfg(feature = "chaos-panic")]
+            chaos_panic(&headers);
             let copies = worker.config().identity_headers.client_copies(&headers);
             let effects = worker.request(self.id, &head, clock, store());
             let concerns_me =
@@ -332,6 +334,21 @@ impl Stream {
         };
         drop(slot);
         shared.execute(effects, &Origin::Detached, None);
+    }
+}
+
+/// A test build's way to panic inside a hook on purpose (`x-chaos-panic`),
+/// with the worker locked, so the tests can show that the panic is caught,
+/// the request refused and the filter still serves. Never in the shipped
+/// module: only the `chaos-panic` feature compiles it.
+#[cfg(feature = "chaos-panic")]
+#[allow(clippy::panic)]
+fn chaos_panic(headers: &[(&str, &str)]) {
+    if headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("x-chaos-panic"))
+    {
+        panic!("x-chaos-panic");
     }
 }
 

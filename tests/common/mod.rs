@@ -8,6 +8,13 @@ use serde_json::Value;
 
 pub const CUSTOMERS: &str = "/api/domain/odata/Customers?$top=10";
 
+pub use erp_devstack::envoy::Host;
+
+/// The host these suites run against (`ERP_EDGE_HOST`).
+pub fn host() -> Host {
+    Host::current().expect("ERP_EDGE_HOST")
+}
+
 /// A stack with the shipped configuration.
 pub fn stack() -> Stack {
     Stack::start(StackOptions::default()).expect("stack starts")
