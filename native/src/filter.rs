@@ -670,3 +670,37 @@ pub(crate) fn envoy_level(level: log::Level) -> Level {
         log::Level::Trace => Level::Trace,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_callout_answer_is_read_as_the_core_expects() {
+        let whole = Answer {
+            completed: true,
+            status: Some(b"200"),
+            chunks: vec![b"{\"active\":", b"true}"],
+        };
+        assert_eq!(whole.status().as_deref(), Some("200"));
+        assert_eq!(whole.body(15).as_deref(), Some(&b"{\"active\":true}"[..]));
+        // Over the core's limit: never copied.
+        assert_eq!(whole.body(14), None);
+        // A reset call has no status, whatever headers came before.
+        let reset = Answer {
+            completed: false,
+            status: Some(b"200"),
+            chunks: Vec::new(),
+        };
+        assert_eq!(reset.status(), None);
+    }
+
+    #[test]
+    fn stream_ids_never_name_the_configuration() {
+        let ids: Vec<ContextId> = (0..1000).map(|_| next_stream_id()).collect();
+        assert!(ids.iter().all(|id| *id != ROOT));
+        let mut unique = ids.clone();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len());
+    }
+}

@@ -21,3 +21,93 @@ impl RsaHost for RingRsa {
         Some(key.verify(message, signature).is_ok())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use erp_devstack::tokens::SigningKey;
+    use erp_edge_validator::jwt::algorithm::Algorithm;
+    use erp_edge_validator::jwt::jwks::KeySet;
+    use rsa::pkcs1v15::{Signature, VerifyingKey};
+    use rsa::pkcs8::DecodePublicKey;
+    use rsa::signature::Verifier;
+
+    /// The SubjectPublicKeyInfo the core hands a host for this key.
+    fn spki(key: &SigningKey) -> Vec<u8> {
+        let set = KeySet::from_value(&serde_json::json!({ "keys": [key.jwk()] }), &[Algorithm::Rs256]).unwrap();
+        set.get(&key.kid).unwrap().spki.clone().unwrap()
+    }
+
+    /// The `rsa` crate's answer, the reference this verifier must agree with.
+    fn reference(spki: &[u8], message: &[u8], signature: &[u8]) -> bool {
+        let key = rsa::RsaPublicKey::from_public_key_der(spki).unwrap();
+        let verifier = VerifyingKey::<sha2::Sha256>::new(key);
+        Signature::try_from(signature).is_ok_and(|s| verifier.verify(message, &s).is_ok())
+    }
+
+    #[test]
+    fn accepts_the_valid_and_refuses_every_forgery_for_each_size() {
+        for bits in [2048, 3072, 4096] {
+            let key = SigningKey::generate("k", bits).unwrap();
+            let spki = spki(&key);
+            let input = b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0";
+            let valid = key.sign_as("RS256", input).unwrap();
+            assert_eq!(RingRsa.verify_pkcs1_sha256(&spki, input, &valid), Some(true), "{bits}");
+            for (what, forged) in key.forged_signatures(input) {
+                assert_eq!(
+                    RingRsa.verify_pkcs1_sha256(&spki, input, &forged),
+                    Some(false),
+                    "{bits}: {what} was accepted"
+                );
+                assert!(!reference(&spki, input, &forged), "{bits}: the reference accepts {what}");
+            }
+        }
+    }
+
+    #[test]
+    fn agrees_with_the_rsa_crate_on_corrupted_signatures_and_messages() {
+        let key = SigningKey::generate("k", 2048).unwrap();
+        let spki = spki(&key);
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut agreed = 0;
+        for n in 0..200u32 {
+            let message = format!("header.payload-{n}").into_bytes();
+            let mut signature = key.sign_as("RS256", &message).unwrap();
+            let mut message = message;
+            match n % 4 {
+                0 => {}
+                1 => {
+                    let at = (next() as usize) % signature.len();
+                    signature[at] ^= 1 << (next() % 8);
+                }
+                2 => {
+                    let at = (next() as usize) % message.len();
+                    message[at] ^= 1;
+                }
+                _ => signature.truncate(signature.len() - 1),
+            }
+            let ours = RingRsa.verify_pkcs1_sha256(&spki, &message, &signature);
+            assert_eq!(ours, Some(reference(&spki, &message, &signature)), "case {n}");
+            agreed += 1;
+        }
+        assert_eq!(agreed, 200);
+    }
+
+    #[test]
+    fn a_key_it_cannot_read_is_left_to_the_module() {
+        assert_eq!(RingRsa.verify_pkcs1_sha256(b"not der", b"m", b"s"), None);
+    }
+
+    #[test]
+    fn the_core_trusts_it_after_its_self_test() {
+        assert!(erp_edge_validator::hosting::host_agrees(&RingRsa));
+    }
+}
