@@ -3,6 +3,7 @@
 //! callback it imports is one the binary exports, every hook it exports is
 //! one the binary knows, Envoy logs its ABI version as matched, and a panic
 //! inside the module is caught and refused, not a crash.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

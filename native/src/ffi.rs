@@ -748,7 +748,9 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
     })
 }
 
-/// SAFETY: Envoy passes its configuration object and two buffers valid for
+/// # Safety
+///
+/// Envoy passes its configuration object and two buffers valid for
 /// the call.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
@@ -766,7 +768,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     })
 }
 
-/// SAFETY: `ptr` is a configuration this module returned; Envoy destroys
+/// # Safety
+///
+/// `ptr` is a configuration this module returned; Envoy destroys
 /// it once, after every filter made from it.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(ptr: *const c_void) {
@@ -791,7 +795,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(_ptr: *const c_void) {}
 
-/// SAFETY: `config` is a configuration this module returned; `envoy` is the
+/// # Safety
+///
+/// `config` is a configuration this module returned; `envoy` is the
 /// new stream's filter.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
@@ -805,7 +811,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     })
 }
 
-/// SAFETY: Envoy's filter and this module's stream, for this call.
+/// # Safety
+///
+/// Envoy's filter and this module's stream, for this call.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     envoy: *mut c_void,
@@ -828,7 +836,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     }
 }
 
-/// SAFETY: Envoy's filter and this module's stream, for this call.
+/// # Safety
+///
+/// Envoy's filter and this module's stream, for this call.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     _envoy: *mut c_void,
@@ -842,7 +852,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     .code()
 }
 
-/// SAFETY: Envoy's filter and this module's stream, for this call.
+/// # Safety
+///
+/// Envoy's filter and this module's stream, for this call.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     _envoy: *mut c_void,
@@ -884,7 +896,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(_envoy: *mut c_void, _module: *const c_void) {}
 
-/// SAFETY: a stream this module returned; Envoy destroys it once.
+/// # Safety
+///
+/// a stream this module returned; Envoy destroys it once.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(module: *const c_void) {
     guarded("filter destroy", (), || {
@@ -928,7 +942,9 @@ unsafe fn answer<'a>(
     }
 }
 
-/// SAFETY: Envoy's filter, this module's stream, and the answer's arrays,
+/// # Safety
+///
+/// Envoy's filter, this module's stream, and the answer's arrays,
 /// for this call.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
@@ -954,7 +970,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     })
 }
 
-/// SAFETY: Envoy's filter and this module's stream, for this call.
+/// # Safety
+///
+/// Envoy's filter and this module's stream, for this call.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
     envoy: *mut c_void,
@@ -972,7 +990,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
     }
 }
 
-/// SAFETY: this module's configuration, on the main thread.
+/// # Safety
+///
+/// this module's configuration, on the main thread.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     _envoy: *mut c_void,
@@ -985,7 +1005,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     })
 }
 
-/// SAFETY: this module's configuration and the answer's arrays, for this
+/// # Safety
+///
+/// this module's configuration and the answer's arrays, for this
 /// call, on the main thread.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(

@@ -61,7 +61,10 @@ mod tests {
                     Some(false),
                     "{bits}: {what} was accepted"
                 );
-                assert!(!reference(&spki, input, &forged), "{bits}: the reference accepts {what}");
+                assert!(
+                    !reference(&spki, input, &forged),
+                    "{bits}: the reference accepts {what}"
+                );
             }
         }
     }
