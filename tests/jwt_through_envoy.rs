@@ -388,13 +388,13 @@ fn rs256_through_envoy(verifier: &str) {
         assert!(in_module >= valid as u64);
     } else {
         // The wasm filter asks Envoy's BoringSSL (verify_signature, Envoy
-        // 1.40); the native module asks ring. Either way, not the module's
+        // 1.40); the native module asks AWS-LC. Either way, not the module's
         // own arithmetic.
         assert_eq!(in_module, 0, "the host's verifier is used");
         assert!(by_host >= valid as u64);
         let by = match erp_devstack::envoy::Host::current().unwrap() {
             erp_devstack::envoy::Host::Wasm => "RS256 verified by Envoy (BoringSSL)",
-            erp_devstack::envoy::Host::Native => "RS256 verified natively (ring)",
+            erp_devstack::envoy::Host::Native => "RS256 verified natively (AWS-LC)",
         };
         assert!(stack.envoy.log().contains(by));
     }

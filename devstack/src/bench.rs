@@ -78,7 +78,8 @@ pub fn run() -> Result<(), Error> {
     let noop_wasm = root.join("target/wasm32-unknown-unknown/release/noop_filter.wasm");
     let probe_wasm = root.join("target/wasm32-unknown-unknown/release/probe_filter.wasm");
     let warm_wasm = root.join("target/warm/wasm32-unknown-unknown/release/erp_edge_validator.wasm");
-    for wasm in [&filter_wasm, &noop_wasm, &probe_wasm, &warm_wasm] {
+    let native_module = envoy::native_dir().join(format!("lib{}.so", envoy::NATIVE_MODULE));
+    for wasm in [&filter_wasm, &noop_wasm, &probe_wasm, &warm_wasm, &native_module] {
         if !wasm.exists() {
             return Err(format!("{} not found: run `make bench`", wasm.display()).into());
         }
@@ -109,6 +110,22 @@ pub fn run() -> Result<(), Error> {
             name: "a",
             what: "Envoy, no filter",
             filters: router(),
+            tokens: vec![one.clone()],
+            header: "authorization",
+            expect: 200,
+        },
+        Scenario {
+            name: "dr1",
+            what: "native module, one reference token repeated (cached)",
+            filters: native_filter(&cached) + &router(),
+            tokens: vec![pat.clone()],
+            header: "x-api-key",
+            expect: 200,
+        },
+        Scenario {
+            name: "dj1",
+            what: "native module, one valid JWT repeated (cached)",
+            filters: native_filter(&cached) + &router(),
             tokens: vec![one.clone()],
             header: "authorization",
             expect: 200,
@@ -152,6 +169,22 @@ pub fn run() -> Result<(), Error> {
             tokens: vec![one.clone()],
             header: "authorization",
             expect: 200,
+        },
+        Scenario {
+            name: "dj2",
+            what: "native module, a different valid JWT every request",
+            filters: native_filter(&filter_config(&jwks, no_hits, 30)?) + &router(),
+            tokens: distinct.clone(),
+            header: "authorization",
+            expect: 200,
+        },
+        Scenario {
+            name: "dj3",
+            what: "native module, distinct bad signatures under a valid kid",
+            filters: native_filter(&filter_config(&jwks, no_hits, 30)?) + &router(),
+            tokens: bad.clone(),
+            header: "authorization",
+            expect: 401,
         },
         Scenario {
             name: "j2",
@@ -424,6 +457,26 @@ fn filter_config(jwks: &Value, jwt_cache: usize, reference_ttl: u64) -> Result<V
 
 fn router() -> String {
     "          - name: envoy.filters.http.router\n            typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }\n".into()
+}
+
+/// The native module (`native/`) with this configuration, loaded from
+/// [`envoy::native_dir`].
+fn native_filter(config: &Value) -> String {
+    let literal = serde_json::to_string(&config.to_string()).unwrap_or_default();
+    format!(
+        r#"          - name: native
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config:
+                name: {}
+                metrics_namespace: erp_edge_validator
+              filter_name: erp_edge_validator
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: {literal}
+"#,
+        envoy::NATIVE_MODULE
+    )
 }
 
 fn wasm_filter(wasm: &Path, config: &Value) -> String {
@@ -815,6 +868,22 @@ fn report(scenarios: &[Scenario], samples: &[Vec<Sample>], rounds: usize, second
         }),
     ];
     let checks = [
+        (
+            "dj1",
+            "n2",
+            "≥ 1.0",
+            "native module: a cached JWT against jwt_authn's cache",
+        ),
+        ("dj1", "a", "≥ 0.88", "native module: a cached JWT against plain Envoy"),
+        (
+            "dr1",
+            "a",
+            "≥ 0.88",
+            "native module: a cached reference token against plain Envoy",
+        ),
+        ("dj2", "n1", "≥ 1.5", "native module: a fresh JWT against jwt_authn's"),
+        ("dj3", "dj2", "", "native module: bad signatures against good"),
+        ("dj1", "j1", "", "a cached JWT, native module against wasm filter"),
         ("j2", "n1", "≥ 0.9", "a fresh token against Envoy's own jwt_authn"),
         ("j2", "n1h", "", "the same, jwt_authn also setting headers from claims"),
         ("j3", "j2", "≥ 0.9", "bad signatures against good"),

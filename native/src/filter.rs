@@ -33,7 +33,7 @@ use erp_edge_validator::hosting::{
 use crate::ffi::{
     self, ConfigScheduler, DataStatus, Filter, HeadersStatus, Level, Metric, MetricKind, StreamScheduler,
 };
-use crate::rsa::RingRsa;
+use crate::rsa::NativeRsa;
 
 /// The id the worker knows the configuration's own context by (the wasm
 /// filter's root context): ticks, key fetches, callouts made again.
@@ -116,8 +116,9 @@ pub(crate) fn configure(envoy: ffi::Config, _name: &[u8], bytes: &[u8]) -> Optio
             return None;
         }
     };
-    let rsa = (config.rsa_verifier == RsaVerifier::Auto && host_agrees(&RingRsa)).then_some(RingRsa);
-    let by = ["in the module", "natively (ring)"][usize::from(rsa.is_some())];
+    let native = NativeRsa::default();
+    let rsa = (config.rsa_verifier == RsaVerifier::Auto && host_agrees(&native)).then_some(native);
+    let by = ["in the module", "natively (AWS-LC)"][usize::from(rsa.is_some())];
     log::info!(
         "erp-edge-validator: configured (native host): {}; RS256 verified {by}",
         config.summary()

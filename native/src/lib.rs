@@ -7,7 +7,7 @@
 //!   panic is caught.
 //! - `filter`: carries out the worker's effects, as the wasm filter's
 //!   `envoy/filter.rs` does; decides nothing.
-//! - `rsa`: RS256 signatures checked with `ring`.
+//! - `rsa`: RS256 signatures checked with AWS-LC, each key parsed once.
 //! - `logger`: the `log` crate's lines into Envoy's log.
 //!
 //! `docs/native.md` says when to choose it over the wasm filter.
