@@ -28,7 +28,7 @@ fn rendered() -> Vec<PathBuf> {
         }
     }
     files.sort();
-    assert_eq!(files.len(), 3, "{files:?}");
+    assert_eq!(files.len(), 4, "{files:?}");
     files
 }
 
@@ -101,7 +101,25 @@ fn every_rendered_manifest_is_valid_against_its_crd() {
             .any(|l| l.starts_with("ok ") && l.contains(&format!("({kind} ")));
         assert!(checked, "{kind} not checked:\n{text}");
     }
-    assert!(text.contains("5 valid, 0 invalid"), "{text}");
+    assert!(text.contains("6 valid, 0 invalid"), "{text}");
+}
+
+#[test]
+fn the_native_module_policy_names_a_module_the_schema_accepts_and_carries_the_configuration() {
+    let policy = &rendered_named("envoy-gateway/extension-policy-native.yaml")[0];
+    let module = &policy["spec"]["dynamicModule"][0];
+    assert_eq!(module["filterName"], "erp_edge_validator");
+    assert_eq!(module["config"]["realm"], "erp-domain-api");
+    assert_eq!(module["config"]["introspection"]["cluster"], "identity");
+    // Module names are DNS-like: the library's own name (underscores) is
+    // refused, so the policy uses the registered, dashed one.
+    refused(
+        "envoy-gateway/extension-policy-native.yaml",
+        0,
+        "underscored-module-name",
+        |doc| doc["spec"]["dynamicModule"][0]["name"] = "erp_edge_validator_native".into(),
+        "spec/dynamicModule/0/name",
+    );
 }
 
 #[test]

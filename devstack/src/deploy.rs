@@ -55,6 +55,7 @@ pub fn render() -> Result<Vec<PathBuf>, Error> {
         ("istio/wasmplugin.yaml", ISTIO_IDENTITY_CLUSTER),
         ("istio/identity-service.yaml", ISTIO_IDENTITY_CLUSTER),
         ("envoy-gateway/extension-policy.yaml", "identity"),
+        ("envoy-gateway/extension-policy-native.yaml", "identity"),
     ] {
         let text = fs::read_to_string(repo_root().join("deploy").join(template))?;
         let rendered = text
