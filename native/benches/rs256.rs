@@ -3,52 +3,52 @@
 //! the core's own RS256 verifier (written for wasm), and one AWS-LC
 //! verification that parses its key every time. docs/native.md quotes it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-use erp_devstack::tokens::{self, SigningKey};
-use erp_edge_validator::hosting::*;
+
 use std::time::Instant;
+
+use erp_devstack::tokens::{self, SigningKey};
+use erp_edge_validator::hosting::{Config, MemoryStore, Now, RequestHead, RsaHost, Worker};
+use erp_edge_validator::jwt::algorithm::Algorithm;
+use erp_edge_validator::jwt::jwks::KeySet;
+use erp_edge_validator_native::rsa::NativeRsa;
+
+const PATH: &str = "/api/domain/odata/Customers";
+
+fn worker(key: &SigningKey, rsa: Option<Box<dyn RsaHost>>) -> Worker {
+    let mut config = erp_devstack::envoy::shipped_filter_config().unwrap();
+    let patch = serde_json::json!({"jwks": tokens::jwks([key]), "remote_jwks": null, "access_log_fields": false});
+    erp_devstack::envoy::merge(&mut config, &patch);
+    Worker::new(Config::from_json(config.to_string().as_bytes()).unwrap(), rsa).trusting_the_store()
+}
+
+/// µs per request of `worker` deciding each `Authorization` value once.
+fn per_request(worker: &mut Worker, authorizations: &[String], now: Now) -> f64 {
+    let store = MemoryStore::default();
+    let start = Instant::now();
+    for (i, authorization) in authorizations.iter().enumerate() {
+        let headers = [
+            (":method", "GET"),
+            (":path", PATH),
+            ("authorization", authorization.as_str()),
+        ];
+        let head = RequestHead::of(&headers, false);
+        std::hint::black_box(worker.request(i as u32, &head, Some(now), &store));
+    }
+    start.elapsed().as_secs_f64() * 1e6 / authorizations.len() as f64
+}
 
 fn main() {
     let key = SigningKey::generate("k1", 2048).unwrap();
-    let mut config = erp_devstack::envoy::shipped_filter_config().unwrap();
-    erp_devstack::envoy::merge(
-        &mut config,
-        &serde_json::json!({"jwks": tokens::jwks([&key]), "remote_jwks": null, "access_log_fields": false}),
-    );
-    let config = Config::from_json(config.to_string().as_bytes()).unwrap();
-    let mut worker = Worker::new(
-        config,
-        Some(Box::new(erp_edge_validator_native::rsa::NativeRsa::default())),
-    )
-    .trusting_the_store();
-    let store = MemoryStore::default();
     let now_s = tokens::now();
-    let claims = tokens::claims(now_s, &["DomainApi", "read"]);
-    let token = tokens::sign(&tokens::header("k1"), &claims, &key);
-    let auth = format!("Bearer {token}");
-    let headers: Vec<(&str, &str)> = vec![
-        (":method", "GET"),
-        (":path", "/api/domain/odata/Customers"),
-        (":authority", "x"),
-        ("user-agent", "wrk"),
-        ("authorization", &auth),
-    ];
-    let head = RequestHead {
-        method: "GET",
-        path: "/api/domain/odata/Customers",
-        headers: &headers,
-        has_body: false,
-    };
     let now = Now::from_ms(now_s * 1000);
-    for _ in 0..1000 {
-        let _ = worker.request(1, &head, Some(now), &store);
-    }
-    let n = 200_000;
-    let t = Instant::now();
-    for i in 0..n {
-        let e = worker.request(i, &head, Some(now), &store);
-        std::hint::black_box(e);
-    }
-    println!("cached jwt: {:.3} µs/req", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+    let claims = tokens::claims(now_s, &["DomainApi", "read"]);
+    let mut native = worker(&key, Some(Box::new(NativeRsa::default())));
+
+    let one = format!("Bearer {}", tokens::sign(&tokens::header("k1"), &claims, &key));
+    per_request(&mut native, &vec![one.clone(); 1000], now);
+    let cached = per_request(&mut native, &vec![one; 200_000], now);
+    println!("a cached JWT: {cached:.3} µs a request");
+
     let fresh: Vec<String> = (0..2000)
         .map(|i| {
             let mut c = claims.clone();
@@ -56,72 +56,25 @@ fn main() {
             format!("Bearer {}", tokens::sign(&tokens::header("k1"), &c, &key))
         })
         .collect();
-    let t = Instant::now();
-    for (i, a) in fresh.iter().enumerate() {
-        let headers: Vec<(&str, &str)> = vec![
-            (":method", "GET"),
-            (":path", "/api/domain/odata/Customers"),
-            ("authorization", a),
-        ];
-        let head = RequestHead {
-            method: "GET",
-            path: "/api/domain/odata/Customers",
-            headers: &headers,
-            has_body: false,
-        };
-        let e = worker.request(i as u32, &head, Some(now), &store);
-        std::hint::black_box(e);
-    }
     println!(
-        "fresh jwt: {:.3} µs/req",
-        t.elapsed().as_secs_f64() * 1e6 / fresh.len() as f64
+        "a fresh JWT, AWS-LC: {:.3} µs a request",
+        per_request(&mut native, &fresh, now)
     );
-    let config2 = {
-        let mut c = erp_devstack::envoy::shipped_filter_config().unwrap();
-        erp_devstack::envoy::merge(
-            &mut c,
-            &serde_json::json!({"jwks": tokens::jwks([&key]), "remote_jwks": null, "access_log_fields": false}),
-        );
-        Config::from_json(c.to_string().as_bytes()).unwrap()
-    };
-    let mut own = Worker::new(config2, None).trusting_the_store();
-    let t = Instant::now();
-    for (i, a) in fresh.iter().enumerate() {
-        let headers: Vec<(&str, &str)> = vec![
-            (":method", "GET"),
-            (":path", "/api/domain/odata/Customers"),
-            ("authorization", a),
-        ];
-        let head = RequestHead {
-            method: "GET",
-            path: "/api/domain/odata/Customers",
-            headers: &headers,
-            has_body: false,
-        };
-        let e = own.request(i as u32, &head, Some(now), &store);
-        std::hint::black_box(e);
-    }
+    let mut own = worker(&key, None);
     println!(
-        "fresh jwt, own verifier: {:.3} µs/req",
-        t.elapsed().as_secs_f64() * 1e6 / fresh.len() as f64
+        "a fresh JWT, the core's own verifier: {:.3} µs a request",
+        per_request(&mut own, &fresh, now)
     );
-    let sig = key.sign_as("RS256", b"abc").unwrap();
-    let spki = {
-        let set = erp_edge_validator::jwt::jwks::KeySet::from_value(
-            &serde_json::json!({"keys":[key.jwk()]}),
-            &[erp_edge_validator::jwt::algorithm::Algorithm::Rs256],
-        )
-        .unwrap();
-        set.get("k1").unwrap().spki.clone().unwrap()
-    };
-    let t = Instant::now();
+
+    let signature = key.sign_as("RS256", b"abc").unwrap();
+    let set = KeySet::from_value(&serde_json::json!({"keys": [key.jwk()]}), &[Algorithm::Rs256]).unwrap();
+    let spki = set.get("k1").unwrap().spki.clone().unwrap();
+    let start = Instant::now();
     for _ in 0..2000 {
-        std::hint::black_box(
-            erp_edge_validator_native::rsa::NativeRsa::default().verify_pkcs1_sha256(&spki, b"abc", &sig),
-        );
+        std::hint::black_box(NativeRsa::default().verify_pkcs1_sha256(&spki, b"abc", &signature));
     }
     println!(
-        "AWS-LC verify, key parsed each time: {:.3} µs",
-        t.elapsed().as_secs_f64() * 1e6 / 2000.0
+        "AWS-LC, key parsed every time: {:.3} µs",
+        start.elapsed().as_secs_f64() * 1e6 / 2000.0
     );
 }

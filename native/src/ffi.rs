@@ -304,6 +304,47 @@ pub const IMPORTED: &[&str] = &[
     "envoy_dynamic_module_callback_http_filter_config_scheduler_delete",
 ];
 
+/// The callbacks that count or record on a metric: filter or
+/// configuration, counter, gauge or histogram, all of one shape.
+type MetricFn = unsafe extern "C" fn(*mut c_void, usize, *mut ModuleBuffer, usize, u64) -> u32;
+/// The callbacks that define a metric.
+type DefineFn = unsafe extern "C" fn(*mut c_void, ModuleBuffer, *mut ModuleBuffer, usize, *mut usize) -> u32;
+/// The callbacks that start a callout, from a stream or a configuration.
+type CalloutFn =
+    unsafe extern "C" fn(*mut c_void, *mut u64, ModuleBuffer, *mut ModuleHeader, usize, ModuleBuffer, u64) -> u32;
+
+/// A callout to start.
+struct Call<'a> {
+    cluster: &'a str,
+    headers: &'a [(&'a str, &'a str)],
+    body: &'a [u8],
+    timeout_ms: u64,
+}
+
+impl Call<'_> {
+    /// Starts it with `start` on `owner`; Envoy's id for it, or `None`
+    /// when Envoy refused.
+    ///
+    /// SAFETY (callers): `owner` must be what `start` takes, live, on the
+    /// thread where `start` may be called.
+    unsafe fn start(&self, start: CalloutFn, owner: *mut c_void) -> Option<u64> {
+        let mut raw: Vec<ModuleHeader> = self.headers.iter().map(|(n, v)| ModuleHeader::of(n, v)).collect();
+        let mut id: u64 = 0;
+        // `id` is a live out-parameter; the header array and both buffers
+        // live for the call, and Envoy copies them.
+        let result = start(
+            owner,
+            &mut id,
+            ModuleBuffer::of(self.cluster.as_bytes()),
+            raw.as_mut_ptr(),
+            raw.len(),
+            ModuleBuffer::of(self.body),
+            self.timeout_ms,
+        );
+        (result == SUCCESS).then_some(id)
+    }
+}
+
 // -------------------------------------------------------------- logging
 
 /// Writes a line to Envoy's log (component `dynamic_modules`).
@@ -458,22 +499,14 @@ impl Filter<'_> {
     /// Starts a callout tied to this stream; Envoy's id for it, or `None`
     /// when Envoy refused.
     pub fn callout(&self, cluster: &str, headers: &[(&str, &str)], body: &[u8], timeout_ms: u64) -> Option<u64> {
-        let mut raw: Vec<ModuleHeader> = headers.iter().map(|(n, v)| ModuleHeader::of(n, v)).collect();
-        let mut id: u64 = 0;
-        // SAFETY: live filter; `id` is a live out-parameter; the header
-        // array and buffers live for the call and Envoy copies them.
-        let result = unsafe {
-            envoy_dynamic_module_callback_http_filter_http_callout(
-                self.ptr,
-                &mut id,
-                ModuleBuffer::of(cluster.as_bytes()),
-                raw.as_mut_ptr(),
-                raw.len(),
-                ModuleBuffer::of(body),
-                timeout_ms,
-            )
+        let call = Call {
+            cluster,
+            headers,
+            body,
+            timeout_ms,
         };
-        (result == SUCCESS).then_some(id)
+        // SAFETY: the live filter of this hook call.
+        unsafe { call.start(envoy_dynamic_module_callback_http_filter_http_callout, self.ptr) }
     }
 
     /// A scheduler that runs this stream's scheduled hook on its thread,
@@ -489,32 +522,13 @@ impl Filter<'_> {
     /// configuration. A stats failure must not change a decision: the
     /// result is ignored.
     pub fn metric(&self, metric: Metric, value: u64) {
+        let record: MetricFn = match metric.kind {
+            MetricKind::Counter => envoy_dynamic_module_callback_http_filter_increment_counter,
+            MetricKind::Gauge => envoy_dynamic_module_callback_http_filter_set_gauge,
+            MetricKind::Histogram => envoy_dynamic_module_callback_http_filter_record_histogram_value,
+        };
         // SAFETY: live filter; no labels (null, 0), as defined.
-        unsafe {
-            let _ = match metric.kind {
-                MetricKind::Counter => envoy_dynamic_module_callback_http_filter_increment_counter(
-                    self.ptr,
-                    metric.id,
-                    std::ptr::null_mut(),
-                    0,
-                    value,
-                ),
-                MetricKind::Gauge => envoy_dynamic_module_callback_http_filter_set_gauge(
-                    self.ptr,
-                    metric.id,
-                    std::ptr::null_mut(),
-                    0,
-                    value,
-                ),
-                MetricKind::Histogram => envoy_dynamic_module_callback_http_filter_record_histogram_value(
-                    self.ptr,
-                    metric.id,
-                    std::ptr::null_mut(),
-                    0,
-                    value,
-                ),
-            };
-        }
+        let _ = unsafe { record(self.ptr, metric.id, std::ptr::null_mut(), 0, value) };
     }
 }
 
@@ -537,86 +551,48 @@ unsafe impl Sync for Config {}
 impl Config {
     /// Defines a metric (during configuration, on the main thread).
     pub fn define(&self, kind: MetricKind, name: &str) -> Option<Metric> {
+        let define: DefineFn = match kind {
+            MetricKind::Counter => envoy_dynamic_module_callback_http_filter_config_define_counter,
+            MetricKind::Gauge => envoy_dynamic_module_callback_http_filter_config_define_gauge,
+            MetricKind::Histogram => envoy_dynamic_module_callback_http_filter_config_define_histogram,
+        };
         let mut id: usize = 0;
-        let name = ModuleBuffer::of(name.as_bytes());
-        // SAFETY: live configuration; no labels; `id` is a live out-parameter.
+        // SAFETY: live configuration; the name lives for the call and
+        // Envoy copies it; no labels; `id` is a live out-parameter.
         let result = unsafe {
-            match kind {
-                MetricKind::Counter => envoy_dynamic_module_callback_http_filter_config_define_counter(
-                    self.ptr,
-                    name,
-                    std::ptr::null_mut(),
-                    0,
-                    &mut id,
-                ),
-                MetricKind::Gauge => envoy_dynamic_module_callback_http_filter_config_define_gauge(
-                    self.ptr,
-                    name,
-                    std::ptr::null_mut(),
-                    0,
-                    &mut id,
-                ),
-                MetricKind::Histogram => envoy_dynamic_module_callback_http_filter_config_define_histogram(
-                    self.ptr,
-                    name,
-                    std::ptr::null_mut(),
-                    0,
-                    &mut id,
-                ),
-            }
+            define(
+                self.ptr,
+                ModuleBuffer::of(name.as_bytes()),
+                std::ptr::null_mut(),
+                0,
+                &mut id,
+            )
         };
         (result == SUCCESS).then_some(Metric { kind, id })
     }
 
     /// Counts or records on a metric outside any stream (ignored on failure).
     pub fn metric(&self, metric: Metric, value: u64) {
-        // SAFETY: live configuration; no labels, as defined.
-        unsafe {
-            let _ = match metric.kind {
-                MetricKind::Counter => envoy_dynamic_module_callback_http_filter_config_increment_counter(
-                    self.ptr,
-                    metric.id,
-                    std::ptr::null_mut(),
-                    0,
-                    value,
-                ),
-                MetricKind::Gauge => envoy_dynamic_module_callback_http_filter_config_set_gauge(
-                    self.ptr,
-                    metric.id,
-                    std::ptr::null_mut(),
-                    0,
-                    value,
-                ),
-                MetricKind::Histogram => envoy_dynamic_module_callback_http_filter_config_record_histogram_value(
-                    self.ptr,
-                    metric.id,
-                    std::ptr::null_mut(),
-                    0,
-                    value,
-                ),
-            };
-        }
+        let record: MetricFn = match metric.kind {
+            MetricKind::Counter => envoy_dynamic_module_callback_http_filter_config_increment_counter,
+            MetricKind::Gauge => envoy_dynamic_module_callback_http_filter_config_set_gauge,
+            MetricKind::Histogram => envoy_dynamic_module_callback_http_filter_config_record_histogram_value,
+        };
+        // SAFETY: live configuration; no labels (null, 0), as defined.
+        let _ = unsafe { record(self.ptr, metric.id, std::ptr::null_mut(), 0, value) };
     }
 
     /// Starts a callout owned by the configuration (main thread only);
     /// Envoy's id for it, or `None` when Envoy refused.
     pub fn callout(&self, cluster: &str, headers: &[(&str, &str)], body: &[u8], timeout_ms: u64) -> Option<u64> {
-        let mut raw: Vec<ModuleHeader> = headers.iter().map(|(n, v)| ModuleHeader::of(n, v)).collect();
-        let mut id: u64 = 0;
-        // SAFETY: live configuration, main thread; `id` is a live
-        // out-parameter; the header array and buffers live for the call.
-        let result = unsafe {
-            envoy_dynamic_module_callback_http_filter_config_http_callout(
-                self.ptr,
-                &mut id,
-                ModuleBuffer::of(cluster.as_bytes()),
-                raw.as_mut_ptr(),
-                raw.len(),
-                ModuleBuffer::of(body),
-                timeout_ms,
-            )
+        let call = Call {
+            cluster,
+            headers,
+            body,
+            timeout_ms,
         };
-        (result == SUCCESS).then_some(id)
+        // SAFETY: the live configuration, on the main thread.
+        unsafe { call.start(envoy_dynamic_module_callback_http_filter_config_http_callout, self.ptr) }
     }
 
     /// A scheduler that runs the configuration's scheduled hook on the

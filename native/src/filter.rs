@@ -222,7 +222,7 @@ impl Stream {
         let decided = filter.with_request_headers(|raw| {
             let raw = raw.ok_or(Rejection::Unavailable("the request could not be read"))?;
             let headers: Vec<(&str, &str)> = raw.iter().map(|(n, v)| (header_text(n), header_text(v))).collect();
-            let head = request_head(&headers, !end_of_stream);
+            let head = RequestHead::of(&headers, !end_of_stream);
             let clock = now();
             let mut worker = locked(&shared.worker);
             #[cfg(feature = "chaos-panic")]
@@ -543,17 +543,6 @@ fn rewrite(filter: &Filter<'_>, allowed: &Allowed) -> Result<(), Rejection> {
         }
     }
     Ok(())
-}
-
-/// The request as the decision reads it.
-fn request_head<'a>(headers: &'a [(&'a str, &'a str)], has_body: bool) -> RequestHead<'a> {
-    let pseudo = |name: &str| headers.iter().find(|(n, _)| *n == name).map_or("", |(_, v)| *v);
-    RequestHead {
-        method: pseudo(":method"),
-        path: pseudo(":path"),
-        headers,
-        has_body,
-    }
 }
 
 /// A callout's answer as Envoy lends it to the hook.

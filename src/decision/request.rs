@@ -17,6 +17,21 @@ pub struct RequestHead<'a> {
     pub has_body: bool,
 }
 
+impl<'a> RequestHead<'a> {
+    /// The request as a host hands it over: its headers, pseudo-headers
+    /// (`:method`, `:path`) among them, and whether a body follows. A
+    /// missing pseudo-header reads as empty, which no rule matches.
+    pub fn of(headers: &'a [(&'a str, &'a str)], has_body: bool) -> Self {
+        let pseudo = |name: &str| headers.iter().find(|(n, _)| *n == name).map_or("", |(_, v)| *v);
+        Self {
+            method: pseudo(":method"),
+            path: pseudo(":path"),
+            headers,
+            has_body,
+        }
+    }
+}
+
 /// What no request may be, whatever its route and credential.
 pub(crate) fn check_request(request: &RequestHead<'_>) -> Result<(), Rejection> {
     // RFC 9110 §9.1: methods are case-sensitive and the standard ones are

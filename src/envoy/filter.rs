@@ -285,7 +285,7 @@ impl HttpContext for Http {
                 return Action::Pause;
             }
         }
-        let head = request_head(&headers, !end_of_stream);
+        let head = RequestHead::of(&headers, !end_of_stream);
         let id = self.context_id;
         let clock = now();
         #[cfg(feature = "warm-passes")]
@@ -318,17 +318,6 @@ impl Http {
     }
 }
 
-/// The request as the decision reads it.
-fn request_head<'a>(headers: &'a [(&'a str, &'a str)], has_body: bool) -> RequestHead<'a> {
-    let pseudo = |name: &str| headers.iter().find(|(n, _)| *n == name).map_or("", |(_, v)| *v);
-    RequestHead {
-        method: pseudo(":method"),
-        path: pseudo(":path"),
-        headers,
-        has_body,
-    }
-}
-
 /// How many times a `warm-passes` build repeats a request's work.
 #[cfg(feature = "warm-passes")]
 const WARM_PASSES: usize = 32;
@@ -351,7 +340,7 @@ fn warm_passes(shared: &Shared, raw: Option<&[u8]>, stream: ContextId, clock: Op
         let effects = shared
             .worker
             .borrow_mut()
-            .request(stream, &request_head(&headers, false), clock, &HostStore);
+            .request(stream, &RequestHead::of(&headers, false), clock, &HostStore);
         std::hint::black_box((copies, effects));
     }
 }
