@@ -29,7 +29,7 @@ ENVOY := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 PYTHON ?= python3
 
-.PHONY: verify-costs containers compose-up compose-down image umoci all build toolchain venv test run lint bench wrk compose-config clean fuzz cargo-fuzz soak inspector inspect wasm-bindgen chromium
+.PHONY: binutils verify-costs containers compose-up compose-down image umoci all build toolchain venv test run lint bench wrk compose-config clean fuzz cargo-fuzz soak inspector inspect wasm-bindgen chromium
 
 all: build
 
@@ -64,9 +64,14 @@ build: toolchain
 NATIVE_SUITES := jwt_through_envoy reference_through_envoy keys_through_envoy hardening_through_envoy \
 	stats_through_envoy chaos_through_envoy access_log_through_envoy curves_through_envoy \
 	flood_through_envoy startup native_module_abi soak_through_envoy
-test: build venv inspector chromium image containers
+test: build venv inspector chromium image containers binutils
 	cargo test --workspace
 	ERP_EDGE_HOST=native cargo test -p erp-edge-validator $(addprefix --test ,$(NATIVE_SUITES))
+
+# `nm`, for the test that checks the native module's imports against the
+# Envoy binary's exports.
+binutils:
+	@command -v nm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binutils >/dev/null; }
 
 # HOST=wasm (the default) or HOST=native.
 HOST ?= wasm

@@ -266,16 +266,21 @@ impl Stream {
             }
         }
         if self.waiting.get() {
-            let scheduler = filter.scheduler();
-            let mut waiting = locked(&shared.waiting);
-            if let Some(slot) = waiting.get_mut(&self.id) {
-                if scheduler.is_none() {
-                    log::error!("erp-edge-validator: Envoy gave no scheduler for a waiting request");
-                }
-                slot.scheduler = scheduler;
-                if let (false, Some(scheduler)) = (slot.inbox.is_empty(), &slot.scheduler) {
+            let Some(scheduler) = filter.scheduler() else {
+                // Nothing could wake this request when its decision comes:
+                // refuse it now rather than leave it waiting.
+                log::error!("erp-edge-validator: Envoy gave no scheduler for a waiting request");
+                shared.reply(filter, self, &Rejection::Unavailable("the request could not wait"));
+                // Whatever the worker asked for this request is refused too,
+                // so no one else waits on a callout never made.
+                shared.execute(effects, &Origin::Detached, None);
+                return HeadersStatus::Stop;
+            };
+            if let Some(slot) = locked(&shared.waiting).get_mut(&self.id) {
+                if !slot.inbox.is_empty() {
                     scheduler.commit();
                 }
+                slot.scheduler = Some(scheduler);
             }
         }
         match shared.execute(effects, &Origin::Stream(filter, self), Some(self.id)) {
