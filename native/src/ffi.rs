@@ -21,6 +21,8 @@ use std::ffi::c_void;
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use erp_edge_validator::hosting::header_text;
+
 use crate::filter::{self, Answer, ConfigState, Stream};
 
 /// The ABI version this module was built for; Envoy logs whether it
@@ -396,11 +398,12 @@ impl Filter<'_> {
         (ok || count == 0).then_some(raw)
     }
 
-    /// Runs `read` on the request headers as Envoy holds them (no copy);
+    /// Runs `read` on the request headers as Envoy holds them (no copy),
+    /// read as text the way the core reads headers;
     /// `None` when Envoy cannot give them. The `&mut` borrow keeps every
     /// other call on this filter, which could change the map under the
     /// slices, out until `read` returns.
-    pub fn with_request_headers<R>(&mut self, read: impl FnOnce(Option<&[(&[u8], &[u8])]>) -> R) -> R {
+    pub fn with_request_headers<R>(&mut self, read: impl FnOnce(Option<&[(&str, &str)]>) -> R) -> R {
         let Some(raw) = self.raw_request_headers() else {
             return read(None);
         };
@@ -408,9 +411,15 @@ impl Filter<'_> {
         // request's header map, which lives until this hook returns and
         // does not change while `self` is borrowed mutably (no setter can
         // be called meanwhile); the slices do not outlive `read`.
-        let pairs: Vec<(&[u8], &[u8])> = raw
+        // Each name and value as the core reads it (`header_text`).
+        let pairs: Vec<(&str, &str)> = raw
             .iter()
-            .map(|h| unsafe { (lent(h.key_ptr, h.key_length), lent(h.value_ptr, h.value_length)) })
+            .map(|h| unsafe {
+                (
+                    header_text(lent(h.key_ptr, h.key_length)),
+                    header_text(lent(h.value_ptr, h.value_length)),
+                )
+            })
             .collect();
         read(Some(&pairs))
     }

@@ -220,14 +220,13 @@ impl Stream {
     pub(crate) fn request_headers(&self, filter: &mut Filter<'_>, end_of_stream: bool) -> HeadersStatus {
         let shared = &self.shared;
         let decided = filter.with_request_headers(|raw| {
-            let raw = raw.ok_or(Rejection::Unavailable("the request could not be read"))?;
-            let headers: Vec<(&str, &str)> = raw.iter().map(|(n, v)| (header_text(n), header_text(v))).collect();
-            let head = RequestHead::of(&headers, !end_of_stream);
+            let headers = raw.ok_or(Rejection::Unavailable("the request could not be read"))?;
+            let head = RequestHead::of(headers, !end_of_stream);
             let clock = now();
             let mut worker = locked(&shared.worker);
             #[cfg(feature = "chaos-panic")]
-            chaos_panic(&headers);
-            let copies = worker.config().identity_headers.client_copies(&headers);
+            chaos_panic(headers);
+            let copies = worker.config().identity_headers.client_copies(headers);
             let effects = worker.request(self.id, &head, clock, store());
             let concerns_me =
                 |e: &Effect| matches!(e, Effect::Allow { stream, .. } | Effect::Reply { stream, .. } if *stream == self.id);
