@@ -45,8 +45,9 @@ pub struct RawConfig {
     /// Require the JOSE header `typ` to be `at+jwt` (RFC 9068). Default true.
     #[serde(default = "default_true")]
     pub require_at_jwt_typ: bool,
-    /// Verified JWTs remembered per worker (SHA-256 of the token → its
-    /// claims, until `exp`), so a repeated token skips signature work.
+    /// Verified JWTs remembered per worker (the token → the identity its
+    /// verification produced, until `exp`), so a repeated token skips
+    /// signature work (the native module keeps one memory for the process).
     /// Default 10000; 0 disables; at most 1000000.
     #[serde(default = "default_jwt_cache")]
     pub jwt_cache_max_entries: usize,

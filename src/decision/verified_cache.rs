@@ -18,11 +18,13 @@
 //! `enrt_` token's random digits: what differs between tokens) and its
 //! length, then compared in full: a made-up token that shares a stored
 //! token's tail is a miss, never a hit. Only verified tokens are stored, so
-//! a client cannot fill a bucket with collisions. Each map is bounded
-//! (emptied when full). Scopes are still checked against the route on every
-//! request.
+//! a client cannot fill a bucket with collisions. Each map is bounded: when
+//! full it starts again empty, and the full one's entries are freed a few
+//! at a time by the inserts that follow (freeing ten thousand at once held
+//! a request for milliseconds: the fresh-token p99 went from 0.35 to 3 ms).
+//! Scopes are still checked against the route on every request.
 
-use std::collections::HashMap;
+use std::collections::{hash_map, HashMap};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hasher};
 use std::sync::Arc;
 
@@ -36,9 +38,16 @@ pub struct VerifiedCache {
     /// Entries by the hash of their token's tail; a bucket holds the rare
     /// tokens that share it.
     buckets: HashMap<u64, Vec<Entry>, BuildHasherDefault<Passthrough>>,
+    /// The last full map's buckets, never looked up, freed
+    /// [`RETIRED_PER_INSERT`] at a time.
+    retiring: Option<hash_map::IntoIter<u64, Vec<Entry>>>,
     len: usize,
     capacity: usize,
 }
+
+/// Buckets of a full map freed by each insert: more than one, so a map is
+/// gone before the next one fills (a map is full after `capacity` inserts).
+const RETIRED_PER_INSERT: usize = 2;
 
 struct Entry {
     token: Box<str>,
@@ -124,10 +133,15 @@ impl VerifiedCache {
     /// A cache of at most `capacity` tokens; 0 disables it.
     pub fn new(capacity: usize) -> Self {
         Self {
-            buckets: HashMap::with_capacity_and_hasher(capacity.min(1024), BuildHasherDefault::default()),
+            buckets: Self::empty_map(capacity),
+            retiring: None,
             len: 0,
             capacity,
         }
+    }
+
+    fn empty_map(capacity: usize) -> HashMap<u64, Vec<Entry>, BuildHasherDefault<Passthrough>> {
+        HashMap::with_capacity_and_hasher(capacity.min(1024), BuildHasherDefault::default())
     }
 
     /// The identity remembered for exactly this token, if `now` is not past
@@ -143,15 +157,25 @@ impl VerifiedCache {
             .map(|e| &e.identity)
     }
 
-    /// Remembers an identity until second `until`. A full cache is emptied
-    /// first: bounded memory without bookkeeping on the hot path.
+    /// Remembers an identity until second `until`. A full cache starts
+    /// again empty first: bounded memory without bookkeeping on the hot
+    /// path; the full map is freed over the next inserts.
     pub fn insert(&mut self, token: &str, key: Option<KeyMaterial>, identity: Arc<Identity>, until: u64) {
         if self.capacity == 0 {
             return;
         }
         if self.len >= self.capacity {
-            self.buckets.clear();
+            let full = std::mem::replace(&mut self.buckets, Self::empty_map(self.capacity));
+            // Whatever the map before it left is freed now (nothing is,
+            // with two buckets freed by each of `capacity` inserts).
+            self.retiring = Some(full.into_iter());
             self.len = 0;
+        }
+        if let Some(retiring) = &mut self.retiring {
+            retiring.by_ref().take(RETIRED_PER_INSERT).for_each(drop);
+            if retiring.len() == 0 {
+                self.retiring = None;
+            }
         }
         let bucket = self.buckets.entry(tail_hash(token)).or_default();
         bucket.retain(|e| &*e.token != token);
@@ -253,6 +277,33 @@ mod tests {
             c.insert(&format!("token-{i}"), None, principal(100), 100);
             assert!(c.len() <= 100);
         }
+    }
+
+    #[test]
+    fn a_full_cache_starts_again_and_frees_the_old_entries_a_few_at_a_time() {
+        let old = principal(100);
+        let mut c = VerifiedCache::new(10);
+        for i in 0..10 {
+            c.insert(&format!("token-{i:040}"), None, Arc::clone(&old), 100);
+        }
+        assert_eq!(Arc::strong_count(&old), 11);
+        c.insert("the eleventh token, which does not fit", None, principal(100), 100);
+        assert_eq!(c.len(), 1);
+        assert!(
+            c.get(&format!("token-{:040}", 3), 50).is_none(),
+            "the old entries are gone"
+        );
+        assert_eq!(
+            Arc::strong_count(&old),
+            11 - RETIRED_PER_INSERT,
+            "only two freed by this insert"
+        );
+        for i in 0..4 {
+            c.insert(&format!("later-{i:040}"), None, principal(100), 100);
+        }
+        assert_eq!(Arc::strong_count(&old), 1, "all freed after five inserts");
+        assert!(c.retiring.is_none());
+        assert_eq!(c.len(), 5);
     }
 
     #[test]
