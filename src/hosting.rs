@@ -10,7 +10,7 @@
 pub use crate::config::{Config, RsaVerifier, DEFAULT_REALM};
 pub use crate::decision::{Allowed, RequestHead};
 pub use crate::host::{header_text, CalloutResponse, MemoryStore, Now, RsaHost, SharedStore, NOT_TEXT};
-pub use crate::jwt::rs256::host_agrees;
+pub use crate::jwt::rs256::{host_agrees, is_pkcs1_sha256};
 pub use crate::rejection::{Rejection, WireResponse};
 pub use crate::stats::{Kind, Stat};
 pub use crate::worker::access_log::{self, Ending, Fields};

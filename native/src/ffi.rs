@@ -1,5 +1,6 @@
 //! The Envoy dynamic-module ABI (Envoy 1.40, ABI `v0.2.0`), as far as this
-//! filter uses it, and the only `unsafe` code in the crate.
+//! filter uses it, and the only `unsafe` code in the crate (with the one
+//! call into CPU-specific code, [`ifma_pow_f4`], after checking the CPU).
 //!
 //! Two halves:
 //! - the event hooks Envoy calls (`envoy_dynamic_module_on_*`, exported):
@@ -24,6 +25,22 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use erp_edge_validator::hosting::header_text;
 
 use crate::filter::{self, Answer, ConfigState, Stream};
+
+/// `s^65537 mod n` by the AVX-512 IFMA code ([`crate::ifma`]), or `None`
+/// on a CPU without it (the caller then asks AWS-LC).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn ifma_pow_f4(
+    modulus: &crate::ifma::Modulus,
+    s: &[u8; crate::ifma::BYTES],
+) -> Option<[u8; crate::ifma::BYTES]> {
+    if !(std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512ifma")) {
+        return None;
+    }
+    // SAFETY: `pow_f4` is compiled for exactly these two CPU features, and
+    // this CPU was just found to have both; it takes references only and
+    // reads no memory through pointers.
+    Some(unsafe { crate::ifma::pow_f4(modulus, s) })
+}
 
 /// The ABI version this module was built for; Envoy logs whether it
 /// matches its own.

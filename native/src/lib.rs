@@ -7,7 +7,9 @@
 //!   panic is caught.
 //! - `filter`: carries out the worker's effects, as the wasm filter's
 //!   `envoy/filter.rs` does; decides nothing.
-//! - `rsa`: RS256 signatures checked with AWS-LC, each key parsed once.
+//! - `rsa`: RS256 signatures: RSA-2048 with AVX-512 IFMA where the CPU has
+//!   it (`ifma`), otherwise and for other sizes with AWS-LC; each key
+//!   prepared once.
 //! - `logger`: the `log` crate's lines into Envoy's log.
 //!
 //! `docs/native.md` says when to choose it over the wasm filter.
@@ -19,5 +21,7 @@
 #[allow(unsafe_code)]
 pub mod ffi;
 mod filter;
+#[cfg(target_arch = "x86_64")]
+mod ifma;
 mod logger;
 pub mod rsa;

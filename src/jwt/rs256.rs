@@ -118,8 +118,10 @@ impl PreparedKey {
     }
 }
 
-/// `0x00 0x01 FF…FF 0x00 DigestInfo(SHA-256) H`, at least 8 bytes of `FF`.
-fn is_pkcs1_sha256(em: &[u8], digest: &[u8]) -> bool {
+/// `0x00 0x01 FF…FF 0x00 DigestInfo(SHA-256) H`, at least 8 bytes of `FF`:
+/// whether `em`, a signature raised to the key's exponent, is the
+/// EMSA-PKCS1-v1_5 encoding of `digest` (also the native host's test).
+pub fn is_pkcs1_sha256(em: &[u8], digest: &[u8]) -> bool {
     let tail = SHA256_DIGEST_INFO.len() + digest.len();
     let Some(padding) = em.len().checked_sub(3 + tail) else {
         return false;
