@@ -82,6 +82,7 @@ lint: toolchain
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p erp-edge-validator --features fuzzing --lib -- -D warnings
+	cargo clippy -p erp-edge-validator-native --features chaos-panic,floor-probe --lib -- -D warnings
 	cargo clippy --target $(WASM_TARGET) -p erp-edge-validator -p noop-filter -p probe-filter -p shared-data-writer --lib -- -D warnings
 	cargo clippy --target $(WASM_TARGET) -p erp-edge-validator --features chaos-trap --lib -- -D warnings
 	cargo clippy --target $(WASM_TARGET) -p erp-edge-validator --features warm-passes --lib -- -D warnings
@@ -154,6 +155,7 @@ wrk:
 bench: build venv wrk
 	cargo build --release --target $(WASM_TARGET) -p noop-filter -p probe-filter
 	cargo build --release --target $(WASM_TARGET) -p erp-edge-validator --features warm-passes --target-dir target/warm
+	cargo build --profile native -p erp-edge-validator-native --features floor-probe --target-dir target/native-probe
 	cargo build --release -p erp-devstack
 	target/release/erp-devstack bench
 

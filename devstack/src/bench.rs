@@ -79,7 +79,15 @@ pub fn run() -> Result<(), Error> {
     let probe_wasm = root.join("target/wasm32-unknown-unknown/release/probe_filter.wasm");
     let warm_wasm = root.join("target/warm/wasm32-unknown-unknown/release/erp_edge_validator.wasm");
     let native_module = envoy::native_dir().join(format!("lib{}.so", envoy::NATIVE_MODULE));
-    for wasm in [&filter_wasm, &noop_wasm, &probe_wasm, &warm_wasm, &native_module] {
+    let native_probe_module = native_probe_dir().join(format!("lib{}.so", envoy::NATIVE_MODULE));
+    for wasm in [
+        &filter_wasm,
+        &noop_wasm,
+        &probe_wasm,
+        &warm_wasm,
+        &native_module,
+        &native_probe_module,
+    ] {
         if !wasm.exists() {
             return Err(format!("{} not found: run `make bench`", wasm.display()).into());
         }
@@ -131,6 +139,30 @@ pub fn run() -> Result<(), Error> {
             expect: 200,
         },
         Scenario {
+            name: "dn5",
+            what: "native probe: reads the headers, adds (dj1)'s five identity headers, nothing else",
+            filters: native_probe("floor-headers", &cached) + &router(),
+            tokens: vec![one.clone()],
+            header: "authorization",
+            expect: 200,
+        },
+        Scenario {
+            name: "dn1",
+            what: "native probe: reads the request headers, nothing else",
+            filters: native_probe("floor-read", &cached) + &router(),
+            tokens: vec![one.clone()],
+            header: "authorization",
+            expect: 200,
+        },
+        Scenario {
+            name: "dn0",
+            what: "native probe: returns Continue (the dynamic-module floor)",
+            filters: native_probe("floor-continue", &cached) + &router(),
+            tokens: vec![one.clone()],
+            header: "authorization",
+            expect: 200,
+        },
+        Scenario {
             name: "a2",
             what: "Envoy + do-nothing wasm filter (the wasm floor)",
             filters: wasm_filter(&noop_wasm, &json!({})) + &router(),
@@ -150,6 +182,14 @@ pub fn run() -> Result<(), Error> {
             name: "n2",
             what: "native jwt_authn with jwt_cache_config",
             filters: jwt_authn(&jwks, true) + &router(),
+            tokens: vec![one.clone()],
+            header: "authorization",
+            expect: 200,
+        },
+        Scenario {
+            name: "n2h",
+            what: "(n2) also setting four identity headers from claims (claim_to_headers)",
+            filters: jwt_authn(&jwks, true).replace("forward: true", CLAIM_HEADERS) + &router(),
             tokens: vec![one.clone()],
             header: "authorization",
             expect: 200,
@@ -321,6 +361,10 @@ pub fn run() -> Result<(), Error> {
             // slower than the next for its whole life (where its code and
             // data landed), so the rounds average over processes, and no
             // idle Envoy's timers share the CPU.
+            let options = EnvoyOptions {
+                native_dir: s.filters.contains(PROBE_FILTER_NAME).then(native_probe_dir),
+                ..options.clone()
+            };
             let envoy = Envoy::start(yaml, &options)?;
             check(s, &envoy)?;
             pin(&envoy, cpus);
@@ -457,6 +501,21 @@ fn filter_config(jwks: &Value, jwt_cache: usize, reference_ttl: u64) -> Result<V
 
 fn router() -> String {
     "          - name: envoy.filters.http.router\n            typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }\n".into()
+}
+
+/// The bench build of the native module (its `floor-probe` feature).
+fn native_probe_dir() -> PathBuf {
+    envoy::repo_root().join("target/native-probe/native")
+}
+
+/// Filter names of the probe build's modes start with this.
+const PROBE_FILTER_NAME: &str = "filter_name: floor-";
+
+/// The probe build of the native module in mode `mode` (see `Probe` in
+/// native/src/filter.rs): the host calls of a request without its
+/// decision. The configuration is read (and must be valid) as usual.
+fn native_probe(mode: &str, config: &Value) -> String {
+    native_filter(config).replace("filter_name: erp_edge_validator", &format!("filter_name: {mode}"))
 }
 
 /// The native module (`native/`) with this configuration, loaded from
@@ -875,6 +934,21 @@ fn report(scenarios: &[Scenario], samples: &[Vec<Sample>], rounds: usize, second
             "native module: a cached JWT against jwt_authn's cache",
         ),
         ("dj1", "a", "≥ 0.88", "native module: a cached JWT against plain Envoy"),
+        (
+            "dj1",
+            "n2h",
+            "",
+            "the same, jwt_authn's cache also setting headers from claims",
+        ),
+        ("dn0", "n2", "", "the dynamic-module floor against jwt_authn's cache"),
+        (
+            "dn5",
+            "n2",
+            "",
+            "the host calls (dj1) needs, without deciding, against the same",
+        ),
+        ("dj1", "dn5", "", "a cached JWT against its host calls"),
+        ("dn0", "a", "", "the dynamic-module floor against plain Envoy"),
         (
             "dr1",
             "a",

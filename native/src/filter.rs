@@ -91,6 +91,55 @@ struct Shared {
     root_calls: Mutex<HashMap<u64, CallId>>,
     next_call: AtomicU32,
     tick: Arc<TickControl>,
+    #[cfg(feature = "floor-probe")]
+    probe: Option<Probe>,
+}
+
+/// What a `floor-probe` build does instead of deciding, by filter name:
+/// the host calls a request needs, without the decision.
+#[cfg(feature = "floor-probe")]
+#[derive(Clone, Copy)]
+enum Probe {
+    /// `floor-continue`: nothing; the request goes on.
+    Continue,
+    /// `floor-read`: reads the request headers as the filter does.
+    Read,
+    /// `floor-headers`: reads them and adds the five identity headers
+    /// the bench's cached JWT (dj1) gets.
+    Headers,
+}
+
+#[cfg(feature = "floor-probe")]
+impl Probe {
+    fn named(name: &[u8]) -> Option<Self> {
+        match name {
+            b"floor-continue" => Some(Self::Continue),
+            b"floor-read" => Some(Self::Read),
+            b"floor-headers" => Some(Self::Headers),
+            _ => None,
+        }
+    }
+
+    fn run(self, filter: &mut Filter<'_>) -> HeadersStatus {
+        if matches!(self, Self::Read | Self::Headers) {
+            let read = filter.with_request_headers(|headers| headers.map(|h| std::hint::black_box(h.len())));
+            if read.is_none() {
+                return HeadersStatus::Stop;
+            }
+        }
+        if matches!(self, Self::Headers) {
+            for (name, value) in [
+                ("x-erp-client-id", "my.trusted.app/first"),
+                ("x-erp-scopes", "DomainApi read"),
+                ("x-erp-client-db", "E1_DEV"),
+                ("x-erp-system-user", "p.kostov@erp.bg"),
+                ("x-erp-token-kind", "jwt"),
+            ] {
+                filter.add_request_header(name, value);
+            }
+        }
+        HeadersStatus::Continue
+    }
 }
 
 /// A waiting request: where to leave its effects, and how to wake it.
@@ -108,7 +157,9 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Reads the configuration (on the main thread). `None` refuses it, and
 /// Envoy does not start; the reason, naming the field, is in Envoy's log.
-pub(crate) fn configure(envoy: ffi::Config, _name: &[u8], bytes: &[u8]) -> Option<ConfigState> {
+pub(crate) fn configure(envoy: ffi::Config, name: &[u8], bytes: &[u8]) -> Option<ConfigState> {
+    #[cfg(not(feature = "floor-probe"))]
+    let _ = name;
     let config = match Config::from_json(bytes) {
         Ok(config) => config,
         Err(e) => {
@@ -148,6 +199,8 @@ pub(crate) fn configure(envoy: ffi::Config, _name: &[u8], bytes: &[u8]) -> Optio
         root_calls: Mutex::new(HashMap::new()),
         next_call: AtomicU32::new(1),
         tick: Arc::clone(&tick),
+        #[cfg(feature = "floor-probe")]
+        probe: Probe::named(name),
     });
     let ticker = match envoy.scheduler() {
         Some(scheduler) => Some(Ticker::start(tick, scheduler)?),
@@ -219,6 +272,10 @@ pub(crate) struct Stream {
 impl Stream {
     pub(crate) fn request_headers(&self, filter: &mut Filter<'_>, end_of_stream: bool) -> HeadersStatus {
         let shared = &self.shared;
+        #[cfg(feature = "floor-probe")]
+        if let Some(probe) = shared.probe {
+            return probe.run(filter);
+        }
         let decided = filter.with_request_headers(|raw| {
             let headers = raw.ok_or(Rejection::Unavailable("the request could not be read"))?;
             let head = RequestHead::of(headers, !end_of_stream);
