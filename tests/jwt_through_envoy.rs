@@ -388,16 +388,28 @@ fn rs256_through_envoy(verifier: &str) {
         assert!(in_module >= valid as u64);
     } else {
         // The wasm filter asks Envoy's BoringSSL (verify_signature, Envoy
-        // 1.40); the native module asks AWS-LC. Either way, not the module's
+        // 1.40); the native module verifies RSA-2048 with AVX-512 IFMA where
+        // the CPU has it, otherwise with AWS-LC. Either way, not the core's
         // own arithmetic.
         assert_eq!(in_module, 0, "the host's verifier is used");
         assert!(by_host >= valid as u64);
         let by = match erp_devstack::envoy::Host::current().unwrap() {
             erp_devstack::envoy::Host::Wasm => "RS256 verified by Envoy (BoringSSL)",
+            erp_devstack::envoy::Host::Native if cpu_has_ifma() => {
+                "RS256 verified natively (RSA-2048 with AVX-512 IFMA, other keys with AWS-LC)"
+            }
             erp_devstack::envoy::Host::Native => "RS256 verified natively (AWS-LC)",
         };
         assert!(stack.envoy.log().contains(by));
     }
+}
+
+/// Whether the native module's IFMA path runs on this CPU.
+fn cpu_has_ifma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512ifma");
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
 }
 
 #[test]

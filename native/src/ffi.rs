@@ -33,13 +33,21 @@ pub(crate) fn ifma_pow_f4(
     modulus: &crate::ifma::Modulus,
     s: &[u8; crate::ifma::BYTES],
 ) -> Option<[u8; crate::ifma::BYTES]> {
-    if !(std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512ifma")) {
+    if !cpu_has_ifma() {
         return None;
     }
     // SAFETY: `pow_f4` is compiled for exactly these two CPU features, and
     // this CPU was just found to have both; it takes references only and
     // reads no memory through pointers.
     Some(unsafe { crate::ifma::pow_f4(modulus, s) })
+}
+
+/// Whether this CPU runs the IFMA code (`avx512f` and `avx512ifma`).
+pub(crate) fn cpu_has_ifma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512ifma");
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
 }
 
 /// The ABI version this module was built for; Envoy logs whether it

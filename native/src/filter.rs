@@ -169,7 +169,7 @@ pub(crate) fn configure(envoy: ffi::Config, name: &[u8], bytes: &[u8]) -> Option
     };
     let native = NativeRsa::default();
     let rsa = (config.rsa_verifier == RsaVerifier::Auto && host_agrees(&native)).then_some(native);
-    let by = ["in the module", "natively (AWS-LC)"][usize::from(rsa.is_some())];
+    let by = rsa.as_ref().map_or("in the module", NativeRsa::describe);
     log::info!(
         "erp-edge-validator: configured (native host): {}; RS256 verified {by}",
         config.summary()

@@ -59,6 +59,16 @@ impl NativeRsa {
         }
     }
 
+    /// How RSA-2048 with exponent 65537, what identity services issue, is
+    /// verified here (for the log).
+    pub fn describe(&self) -> &'static str {
+        if self.ifma && crate::ffi::cpu_has_ifma() {
+            "natively (RSA-2048 with AVX-512 IFMA, other keys with AWS-LC)"
+        } else {
+            "natively (AWS-LC)"
+        }
+    }
+
     /// The key, prepared: from memory, or prepared now and kept. `None`
     /// when it is not an RSA SubjectPublicKeyInfo AWS-LC takes.
     fn key(&self, spki_der: &[u8]) -> Option<Arc<Prepared>> {
