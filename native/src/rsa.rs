@@ -82,7 +82,9 @@ impl NativeRsa {
         let key = Arc::new(Prepared {
             aws_lc: ParsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, pkcs1).ok()?,
             #[cfg(target_arch = "x86_64")]
-            ifma: self.ifma.then(|| ifma_modulus(pkcs1)).flatten(),
+            ifma: (self.ifma && crate::ffi::cpu_has_ifma())
+                .then(|| ifma_modulus(pkcs1))
+                .flatten(),
         });
         if prepared.len() >= KEPT {
             prepared.clear();
@@ -105,7 +107,7 @@ fn ifma_modulus(pkcs1_der: &[u8]) -> Option<(crate::ifma::Modulus, [u8; crate::i
 
 impl Prepared {
     /// The IFMA path's answer, or `None` when it does not apply (another
-    /// key, another CPU).
+    /// key, another CPU: then the key was not prepared for it).
     #[cfg(target_arch = "x86_64")]
     fn verify_by_ifma(&self, message: &[u8], signature: &[u8]) -> Option<bool> {
         use sha2::Digest;
@@ -172,18 +174,20 @@ mod tests {
         [NativeRsa::default(), NativeRsa::aws_lc_only()]
     }
 
-    fn has_ifma() -> bool {
-        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512ifma")
-    }
-
     #[test]
     fn rsa_2048_with_exponent_65537_takes_the_ifma_path_where_the_cpu_has_it() {
         let key = SigningKey::generate("k", 2048).unwrap();
         let prepared = NativeRsa::default().key(&spki(&key)).unwrap();
-        assert!(prepared.ifma.is_some(), "prepared for IFMA");
+        assert_eq!(prepared.ifma.is_some(), crate::ffi::cpu_has_ifma(), "prepared for IFMA");
         let signature = key.sign_as("RS256", b"m").unwrap();
-        assert_eq!(prepared.verify_by_ifma(b"m", &signature), has_ifma().then_some(true));
-        assert_eq!(prepared.verify_by_ifma(b"n", &signature), has_ifma().then_some(false));
+        assert_eq!(
+            prepared.verify_by_ifma(b"m", &signature),
+            crate::ffi::cpu_has_ifma().then_some(true)
+        );
+        assert_eq!(
+            prepared.verify_by_ifma(b"n", &signature),
+            crate::ffi::cpu_has_ifma().then_some(false)
+        );
         assert!(NativeRsa::aws_lc_only().key(&spki(&key)).unwrap().ifma.is_none());
         let big = SigningKey::generate("k", 3072).unwrap();
         assert!(
